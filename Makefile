@@ -1,0 +1,43 @@
+# edgepack: `make train export` builds the release, `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP_DEPS := pyproject.toml constraints.txt
+
+.DEFAULT_GOAL := help
+.PHONY: help train export test lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@echo "Data: set EDGEPACK_DATA_DIR (e.g. ../shared/data); see README.md."
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# One stamp per set of extras: installs happen once, again only when the pins change.
+$(VENV)/.stamp-%: $(STAMP_DEPS) | $(PY)
+	$(PIP) install --quiet -c constraints.txt -e ".[$*]"
+	@touch $@
+
+train: $(VENV)/.stamp-train ## train both default CNNs (models/<dataset>/model.keras)
+	$(PY) -m train --dataset all
+
+export: $(VENV)/.stamp-train ## export and parity-gate every artifact of both datasets
+	$(PY) -m export --dataset all
+
+test: $(VENV)/.stamp-train,dev ## run the test suite
+	$(PY) -m pytest
+
+lint: $(VENV)/.stamp-train,dev ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.stamp-train,dev ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## remove the virtual environment, caches, checkpoints and scratch runs
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs models/*/checkpoints models/*/rejected models/*/.staging-*
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

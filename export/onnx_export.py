@@ -1,0 +1,103 @@
+"""Keras -> ONNX: fp32 with tf2onnx, int8 with ONNX Runtime static quantization (QDQ).
+
+The ONNX graph takes NCHW input: tf2onnx then pushes the layout change through the whole
+convolutional graph, so ONNX Runtime runs no Transpose at all (checked by :func:`count_ops`).
+BatchNorm is folded into the convolutions by tf2onnx's optimizer.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import tensorflow as tf
+import tf2onnx
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from tqdm import tqdm
+
+from runtime.metadata import METADATA_KEY, ModelInfo
+from runtime.preprocess import normalize
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                       "percentile": CalibrationMethod.Percentile}
+
+
+def inference_function(model: keras.Model) -> tf.types.experimental.GenericFunction:
+    """The model's inference pass as a tf.function over NHWC float32 batches of any size."""
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)
+    return tf.function(lambda image: model(image, training=False), input_signature=[spec])
+
+
+def set_metadata(proto: onnx.ModelProto, info: ModelInfo) -> None:
+    """Write the runtime's self-description into ``metadata_props`` (replacing an older one)."""
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=METADATA_KEY, value=info.to_json())
+
+
+def _name_io(proto: onnx.ModelProto) -> None:
+    """Call the output ``probabilities`` and the batch axis ``batch``, for readable tooling."""
+    old = proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.output[:] = [OUTPUT_NAME if o == old else o for o in node.output]
+    proto.graph.output[0].name = OUTPUT_NAME
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+
+
+def keras_to_onnx(model: keras.Model, info: ModelInfo) -> onnx.ModelProto:
+    """Convert to an NCHW-input ONNX model with metadata, validated by the full checker."""
+    function = inference_function(model)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=OPSET,
+                                             inputs_as_nchw=[INPUT_NAME])
+    _name_io(proto)
+    proto.producer_name = "edgepack"
+    set_metadata(proto, info)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def count_ops(proto: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+class _PixelReader(CalibrationDataReader):
+    """Feeds calibration images through the runtime's own normalization, in batches."""
+
+    def __init__(self, pixels: np.ndarray, info: ModelInfo, batch_size: int = 64) -> None:
+        self._batches = iter(tqdm([pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)],
+                                  desc="calibrating", unit=" batch", leave=False))
+        self._info = info
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: normalize(batch, self._info)}
+
+
+def quantize_onnx(fp32: onnx.ModelProto, calibration: np.ndarray, info: ModelInfo, method: str) -> onnx.ModelProto:
+    """Static QDQ quantization: per-channel int8 weights, uint8 activations, calibrated on ``calibration``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, prepared, quantized = (Path(tmp) / n for n in ("fp32.onnx", "prep.onnx", "int8.onnx"))
+        onnx.save(fp32, source)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        quantize_static(str(prepared), str(quantized), _PixelReader(calibration, info),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CALIBRATION_METHODS[method])
+        proto = onnx.load(quantized)
+    set_metadata(proto, info)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto

@@ -1,0 +1,86 @@
+"""python -m train: train the CNNs and write model.keras, metrics, curves and sample pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from train.datasets import REGISTRY, DataError, load_dataset  # noqa: E402
+
+log = logging.getLogger("train")
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from train.models import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train a Keras CNN and write models/<dataset>/model.keras, history.json, metrics.json, "
+                    "curves.png and samples.png. Uses every local GPU when present, else the CPU.",
+    )
+    parser.add_argument("--dataset", default="all",
+                        help=f"{', '.join(REGISTRY)}, 'all', or the path of an image-folder tree "
+                             "(train/<class>/*, test/<class>/*; a directory or .tar.gz) (default: all)")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES),
+                        help="architecture (default: edge_vgg for fashion_mnist, edge_resnet for cifar10)")
+    parser.add_argument("--epochs", type=int, help="epochs (default: the architecture's recipe)")
+    parser.add_argument("--batch-size", type=int, default=128, help="global batch size (default: 128)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed; runs are deterministic (default: 42)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of the training split held out for validation (default: 0.1)")
+    parser.add_argument("--quick", action="store_true", help="a minutes-long smoke run on a small subset")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="output root; files go to OUT/<dataset>/ (default: models/)")
+    parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR, then the Keras cache)")
+    args = parser.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        parser.error("--epochs must be at least 1")
+    if not 0 < args.val_fraction < 1:
+        parser.error("--val-fraction must be between 0 and 1")
+    return args
+
+
+def run(args: argparse.Namespace) -> None:
+    from train.fit import TrainConfig, train
+    from train.models import default_arch
+    from train.plots import plot_curves, plot_samples
+
+    names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
+    for name in names:
+        dataset = load_dataset(name, args.data_dir)
+        arch = args.arch or default_arch(dataset.name, dataset.input_shape[-1])
+        out = args.out / dataset.name
+        out.mkdir(parents=True, exist_ok=True)
+        plot_samples(dataset.x_train, dataset.y_train, dataset.labels, out / "samples.png")
+        metrics = train(TrainConfig(dataset, arch, out, args.epochs, args.batch_size, args.seed,
+                                    args.val_fraction, args.quick, args.resume))
+        history = json.loads((out / "history.json").read_text())
+        plot_curves(history, f"{dataset.name} / {arch}: test accuracy {100 * metrics['test_accuracy']:.2f}%",
+                    out / "curves.png")
+        print(f"{dataset.name}: {arch} test accuracy {100 * metrics['test_accuracy']:.2f}% -> {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Fitting a model: device strategy, input pipeline, schedule, checkpoints and final outputs.
+
+A run writes into ``<out>/<dataset>/``: ``model.keras`` (float32, atomically), ``history.json``,
+``metrics.json`` and, while it runs, ``checkpoints/`` (a backup every epoch for ``--resume``, the
+best model by validation accuracy, and the per-epoch log). The validation split is carved out of
+the training split; accuracy is reported on the official test split only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from train.datasets import Dataset, subset, train_val_split
+from train.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an architecture is trained; the baseline keeps the seed notebook's plain recipe."""
+
+    epochs: int
+    learning_rate: float
+    optimizer: str = "sgd"
+    augment: bool = True
+    label_smoothing: float = 0.1
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 2
+
+
+RECIPES = {
+    "baseline": Recipe(epochs=10, learning_rate=1e-3, optimizer="adam", augment=False,
+                       label_smoothing=0.0, weight_decay=0.0, warmup_epochs=0),
+    "edge_vgg": Recipe(epochs=40, learning_rate=0.05),
+    "edge_resnet": Recipe(epochs=40, learning_rate=0.05),
+}
+
+
+@dataclass
+class TrainConfig:
+    dataset: Dataset
+    arch: str
+    out_dir: Path
+    epochs: int | None = None
+    batch_size: int = 128
+    seed: int = 42
+    val_fraction: float = 0.1
+    quick: bool = False
+    resume: bool = False
+
+    @property
+    def recipe(self) -> Recipe:
+        return RECIPES[self.arch]
+
+
+def select_strategy() -> tuple[tf.distribute.Strategy, str, bool]:
+    """All local GPUs with mixed precision when present, else the CPU; no flag needed."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        return tf.distribute.MirroredStrategy(), f"{len(gpus)} GPU ({', '.join(names)})", True
+    keras.mixed_precision.set_global_policy("float32")
+    return tf.distribute.get_strategy(), f"CPU ({cpu_name()}, {os.cpu_count()} cores)", False
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _augment(images: tf.Tensor, pad: int) -> tf.Tensor:
+    """Random translation (reflect-padded crop) and horizontal flip of a batch."""
+    shape = tf.shape(images)
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    cropped = tf.image.random_crop(padded, shape)
+    return tf.image.random_flip_left_right(cropped)
+
+
+def make_pipeline(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int,
+                  training: bool, augment: bool, seed: int) -> tf.data.Dataset:
+    """uint8 images and integer labels -> batches of [0, 1] floats and one-hot targets."""
+    data = tf.data.Dataset.from_tensor_slices((x, y))
+    if training:
+        data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    data = data.batch(batch_size, drop_remainder=training)
+    pad = max(2, x.shape[1] // 10)
+
+    def prepare(images, labels):
+        images = tf.cast(images, tf.float32) / 255.0
+        if training and augment:
+            images = _augment(images, pad)
+        return images, tf.one_hot(labels, num_classes)
+
+    return data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
+    warmup = min(recipe.warmup_epochs, max(epochs - 1, 0)) * steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=recipe.learning_rate if warmup == 0 else 0.0,
+        decay_steps=max(epochs * steps_per_epoch - warmup, 1),
+        warmup_target=recipe.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    if recipe.optimizer == "adam":
+        return keras.optimizers.Adam(recipe.learning_rate)
+    return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay or None)
+
+
+def _read_log(path: Path) -> dict[str, list[float]]:
+    """The per-epoch log as columns, keeping the last row of an epoch logged twice."""
+    if not path.is_file():
+        return {}
+    rows: dict[int, dict[str, str]] = {}
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            rows[int(row["epoch"])] = row
+    columns: dict[str, list[float]] = {}
+    for epoch in sorted(rows):
+        for key, value in rows[epoch].items():
+            columns.setdefault(key, []).append(float(value))
+    return columns
+
+
+def _atomic_save(model: keras.Model, path: Path) -> None:
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.keras")
+    model.save(partial)
+    partial.replace(path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(payload, indent=2) + "\n")
+    partial.replace(path)
+
+
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": np.__version__}
+
+
+def train(config: TrainConfig) -> dict:
+    """Train, select the best epoch on validation, evaluate on test, and write the outputs."""
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    strategy, device, mixed = select_strategy()
+    log.info("training %s on %s with %s%s", config.arch, config.dataset.name, device,
+             " (mixed precision)" if mixed else "")
+
+    data = subset(config.dataset, 2000, 500, config.seed) if config.quick else config.dataset
+    recipe = config.recipe
+    epochs = config.epochs or (2 if config.quick else recipe.epochs)
+    (x_train, y_train), (x_val, y_val) = train_val_split(data.x_train, data.y_train, config.val_fraction, config.seed)
+    k = data.num_classes
+    train_ds = make_pipeline(x_train, y_train, k, config.batch_size, True, recipe.augment, config.seed)
+    val_ds = make_pipeline(x_val, y_val, k, config.batch_size, False, False, config.seed)
+    test_ds = make_pipeline(data.x_test, data.y_test, k, config.batch_size, False, False, config.seed)
+
+    out = config.out_dir
+    ckpt = out / "checkpoints"
+    if not config.resume and ckpt.exists():
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    log_path = ckpt / "epochs.csv"
+    best_so_far = max(_read_log(log_path).get("val_accuracy", [None]) or [None], default=None)
+    if config.resume and not (ckpt / "backup").exists():
+        log.warning("nothing to resume in %s: starting from epoch 1", ckpt)
+
+    with strategy.scope():
+        model = build_model(config.arch, data.input_shape, k)
+        model.compile(optimizer=_optimizer(recipe, len(x_train) // config.batch_size, epochs),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+                      metrics=["accuracy"])
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(ckpt / "backup"), delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(str(ckpt / "best.keras"), monitor="val_accuracy", mode="max",
+                                        save_best_only=True, initial_value_threshold=best_so_far),
+        keras.callbacks.CSVLogger(str(log_path), append=config.resume),
+    ]
+    started = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+              verbose=1 if os.isatty(2) else 2)
+    wall = time.perf_counter() - started
+
+    final = _float32_copy(config.arch, data, ckpt / "best.keras" if (ckpt / "best.keras").exists() else model)
+    test_acc, test_loss = evaluate(final, test_ds)
+    history = _read_log(log_path)
+    metrics = {
+        "dataset": data.name, "arch": config.arch, "test_accuracy": float(test_acc), "test_loss": float(test_loss),
+        "best_val_accuracy": max(history.get("val_accuracy", [float("nan")])),
+        "params": int(final.count_params()), "epochs": len(history.get("epoch", [])),
+        "train_images": len(x_train), "val_images": len(x_val), "test_images": len(data.x_test),
+        "batch_size": config.batch_size, "seed": config.seed, "quick": config.quick,
+        "recipe": asdict(recipe), "wall_time_s": round(wall, 1), "device": device,
+        "mixed_precision": mixed, "versions": versions(), "labels": list(data.labels),
+        "input_shape": list(data.input_shape),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_save(final, out / "model.keras")
+    write_json(out / "history.json", history)
+    write_json(out / "metrics.json", metrics)
+    log.info("%s/%s: test accuracy %.2f%% (%d params, %.0f s)", data.name, config.arch,
+             100 * test_acc, metrics["params"], wall)
+    return metrics
+
+
+def _float32_copy(arch: str, data: Dataset, source: keras.Model | Path) -> keras.Model:
+    """The trained weights in a plain float32 model, free of optimizer state and GPU policy."""
+    trained = keras.models.load_model(source, compile=False) if isinstance(source, Path) else source
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_model(arch, data.input_shape, data.num_classes)
+    model.set_weights(trained.get_weights())
+    return model
+
+
+def evaluate(model: keras.Model, test: tf.data.Dataset) -> tuple[float, float]:
+    """Test accuracy and plain (unsmoothed) cross-entropy."""
+    probabilities, targets = [], []
+    for images, onehot in test:
+        probabilities.append(model(images, training=False).numpy())
+        targets.append(onehot.numpy().argmax(1))
+    p, y = np.concatenate(probabilities), np.concatenate(targets)
+    loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))))
+    return float(np.mean(p.argmax(1) == y)), loss
