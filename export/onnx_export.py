@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                       "percentile": CalibrationMethod.Percentile}
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 
 
 def inference_function(model: keras.Model) -> tf.types.experimental.GenericFunction:
@@ -59,8 +62,9 @@ def _name_io(proto: onnx.ModelProto) -> None:
 def keras_to_onnx(model: keras.Model, info: ModelInfo) -> onnx.ModelProto:
     """Convert to an NCHW-input ONNX model with metadata, validated by the full checker."""
     function = inference_function(model)
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=OPSET,
-                                             inputs_as_nchw=[INPUT_NAME])
+    proto, _ = tf2onnx.convert.from_function(
+        function, input_signature=function.input_signature, opset=OPSET, inputs_as_nchw=[INPUT_NAME]
+    )
     _name_io(proto)
     proto.producer_name = "edgepack"
     set_metadata(proto, info)
@@ -79,8 +83,14 @@ class _PixelReader(CalibrationDataReader):
     """Feeds calibration images through the runtime's own normalization, in batches."""
 
     def __init__(self, pixels: np.ndarray, info: ModelInfo, batch_size: int = 64) -> None:
-        self._batches = iter(tqdm([pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)],
-                                  desc="calibrating", unit=" batch", leave=False))
+        self._batches = iter(
+            tqdm(
+                [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)],
+                desc="calibrating",
+                unit=" batch",
+                leave=False,
+            )
+        )
         self._info = info
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -94,9 +104,16 @@ def quantize_onnx(fp32: onnx.ModelProto, calibration: np.ndarray, info: ModelInf
         source, prepared, quantized = (Path(tmp) / n for n in ("fp32.onnx", "prep.onnx", "int8.onnx"))
         onnx.save(fp32, source)
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
-        quantize_static(str(prepared), str(quantized), _PixelReader(calibration, info),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CALIBRATION_METHODS[method])
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _PixelReader(calibration, info),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CALIBRATION_METHODS[method],
+        )
         proto = onnx.load(quantized)
     set_metadata(proto, info)
     onnx.checker.check_model(proto, full_check=True)

@@ -71,12 +71,14 @@ class ParityResult:
 
 
 def per_class_accuracy(predicted: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.array([np.mean(predicted[targets == c] == c) if np.any(targets == c) else np.nan
-                     for c in range(num_classes)])
+    return np.array(
+        [np.mean(predicted[targets == c] == c) if np.any(targets == c) else np.nan for c in range(num_classes)]
+    )
 
 
-def compare(probabilities: np.ndarray, reference: np.ndarray, targets: np.ndarray,
-            threshold: Threshold, **artifact) -> ParityResult:
+def compare(
+    probabilities: np.ndarray, reference: np.ndarray, targets: np.ndarray, threshold: Threshold, **artifact
+) -> ParityResult:
     """Measure one artifact's probabilities against the float model's on the same images."""
     predicted, expected = probabilities.argmax(1), reference.argmax(1)
     accuracy = float(np.mean(predicted == targets))
@@ -84,13 +86,18 @@ def compare(probabilities: np.ndarray, reference: np.ndarray, targets: np.ndarra
     k = reference.shape[1]
     per_class = 100.0 * (per_class_accuracy(predicted, targets, k) - per_class_accuracy(expected, targets, k))
     result = ParityResult(
-        accuracy=accuracy, delta_pp=delta_pp, agreement=float(np.mean(predicted == expected)),
+        accuracy=accuracy,
+        delta_pp=delta_pp,
+        agreement=float(np.mean(predicted == expected)),
         max_abs_diff=float(np.max(np.abs(probabilities - reference))),
-        per_class_delta_pp=[round(float(v), 4) for v in per_class], threshold=threshold, **artifact,
+        per_class_delta_pp=[round(float(v), 4) for v in per_class],
+        threshold=threshold,
+        **artifact,
     )
     if abs(result.delta_pp) > threshold.max_delta_pp + 1e-9:
         result.failures.append(f"accuracy delta {result.delta_pp:+.3f} pp exceeds ±{threshold.max_delta_pp} pp")
     if result.agreement < threshold.min_agreement:
-        result.failures.append(f"top-1 agreement {100 * result.agreement:.2f}% is below "
-                               f"{100 * threshold.min_agreement:.2f}%")
+        result.failures.append(
+            f"top-1 agreement {100 * result.agreement:.2f}% is below {100 * threshold.min_agreement:.2f}%"
+        )
     return result

@@ -93,13 +93,26 @@ def calibration_sample(data: Dataset, samples: int, seed: int) -> np.ndarray:
 def float_reference(model: keras.Model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The float Keras model's probabilities, the reference every artifact is measured against."""
     batches = [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)]
-    return np.concatenate([model(b.astype(np.float32) / 255.0, training=False).numpy()
-                           for b in tqdm(batches, desc="float reference", unit=" batch", leave=False)])
+    return np.concatenate(
+        [
+            model(b.astype(np.float32) / 255.0, training=False).numpy()
+            for b in tqdm(batches, desc="float reference", unit=" batch", leave=False)
+        ]
+    )
 
 
 def library_versions() -> dict[str, str]:
-    names = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy",
-             "tensorflow-model-optimization", "tf-keras")
+    names = (
+        "tensorflow",
+        "keras",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "ai-edge-litert",
+        "numpy",
+        "tensorflow-model-optimization",
+        "tf-keras",
+    )
     found = {"python": platform.python_version()}
     for name in names:
         try:
@@ -112,8 +125,15 @@ def library_versions() -> dict[str, str]:
 class _Builder:
     """Writes candidate artifacts into the staging folder, converting shared pieces once."""
 
-    def __init__(self, model: keras.Model, data: Dataset, info: ModelInfo, calibration: np.ndarray,
-                 config: ExportConfig, staging: Path) -> None:
+    def __init__(
+        self,
+        model: keras.Model,
+        data: Dataset,
+        info: ModelInfo,
+        calibration: np.ndarray,
+        config: ExportConfig,
+        staging: Path,
+    ) -> None:
         self.model, self.data, self.info, self.calibration = model, data, info, calibration
         self.config, self.staging = config, staging
         self._fp32_onnx: onnx.ModelProto | None = None
@@ -122,10 +142,15 @@ class _Builder:
     def info_for(self, spec: ArtifactSpec) -> ModelInfo:
         extra = {"quantization": spec.quantization}
         if spec.quantization == "ptq" and spec.precision == "int8":
-            extra["calibration"] = {"samples": len(self.calibration), "method": self.config.calibration_method,
-                                    "split": "train", "seed": self.config.seed}
-        return replace(self.info, precision=spec.precision, extra=extra,
-                       layout="NCHW" if spec.format == "onnx" else "NHWC")
+            extra["calibration"] = {
+                "samples": len(self.calibration),
+                "method": self.config.calibration_method,
+                "split": "train",
+                "seed": self.config.seed,
+            }
+        return replace(
+            self.info, precision=spec.precision, extra=extra, layout="NCHW" if spec.format == "onnx" else "NHWC"
+        )
 
     def fp32_onnx(self) -> onnx.ModelProto:
         if self._fp32_onnx is None:
@@ -186,8 +211,10 @@ def load_inputs(config: ExportConfig) -> tuple[keras.Model, Dataset, Path]:
     except Exception as exc:  # Keras raises many types for a damaged archive
         raise ExportError(f"{source}: cannot load the Keras model ({type(exc).__name__}: {exc})") from None
     if tuple(model.input_shape[1:]) != data.input_shape or model.output_shape[-1] != data.num_classes:
-        raise ExportError(f"{source}: model input {model.input_shape} / output {model.output_shape} does not fit "
-                          f"{data.name} images of {data.input_shape} with {data.num_classes} classes")
+        raise ExportError(
+            f"{source}: model input {model.input_shape} / output {model.output_shape} does not fit "
+            f"{data.name} images of {data.input_shape} with {data.num_classes} classes"
+        )
     return model, data, folder
 
 
@@ -219,12 +246,27 @@ def export_dataset(config: ExportConfig) -> Release:
                 raise ExportError(f"{spec.filename}: conversion failed ({reason[:300]})") from None
             probabilities = evaluator(spec, builder.info_for(spec))(path, data.x_test)
             predictions[name] = probabilities.argmax(1)
-            result = compare(probabilities, reference, data.y_test, config.thresholds[threshold_key(spec.precision, spec.quantization)],
-                             name=name, path=spec.filename, format=spec.format, precision=spec.precision,
-                             quantization=spec.quantization, bytes=path.stat().st_size)
-            log.info("%s: accuracy %.2f%% (%+.3f pp), agreement %.2f%% (%.0f s)%s", spec.filename,
-                     100 * result.accuracy, result.delta_pp, 100 * result.agreement,
-                     time.perf_counter() - started, "" if result.passed else " FAILED: " + "; ".join(result.failures))
+            result = compare(
+                probabilities,
+                reference,
+                data.y_test,
+                config.thresholds[threshold_key(spec.precision, spec.quantization)],
+                name=name,
+                path=spec.filename,
+                format=spec.format,
+                precision=spec.precision,
+                quantization=spec.quantization,
+                bytes=path.stat().st_size,
+            )
+            log.info(
+                "%s: accuracy %.2f%% (%+.3f pp), agreement %.2f%% (%.0f s)%s",
+                spec.filename,
+                100 * result.accuracy,
+                result.delta_pp,
+                100 * result.agreement,
+                time.perf_counter() - started,
+                "" if result.passed else " FAILED: " + "; ".join(result.failures),
+            )
             results.append(result)
         context = _context(config, data, float_accuracy, folder, calibration)
         _write_reports(staging, results, predictions, data, context)
@@ -243,25 +285,37 @@ def export_dataset(config: ExportConfig) -> Release:
 
 def _context(config: ExportConfig, data: Dataset, float_accuracy: float, folder: Path, calibration: np.ndarray) -> dict:
     return {
-        "dataset": data.name, "labels": list(data.labels), "float_accuracy": float_accuracy,
+        "dataset": data.name,
+        "labels": list(data.labels),
+        "float_accuracy": float_accuracy,
         "test_images": len(data.x_test),
         "source": {"path": "model.keras", "sha256": sha256_of(folder / "model.keras")},
-        "calibration": {"samples": len(calibration), "method": config.calibration_method, "split": "train",
-                        "seed": config.seed},
+        "calibration": {
+            "samples": len(calibration),
+            "method": config.calibration_method,
+            "split": "train",
+            "seed": config.seed,
+        },
         "thresholds": {p: asdict(t) for p, t in config.thresholds.items()},
         "versions": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def _write_reports(staging: Path, results: list[ParityResult], predictions: dict[str, np.ndarray],
-                   data: Dataset, context: dict) -> None:
+def _write_reports(
+    staging: Path, results: list[ParityResult], predictions: dict[str, np.ndarray], data: Dataset, context: dict
+) -> None:
     (staging / "parity.json").write_text(parity_json(results, context))
     md_context = {**context, "thresholds": {p: Threshold(**t) for p, t in context["thresholds"].items()}}
     (staging / "parity.md").write_text(parity_markdown(results, md_context))
     if "onnx_int8" in predictions:
-        plot_confusion(predictions["onnx_int8"], data.y_test, data.labels,
-                       f"{data.name}: ONNX int8 on the test split", staging / "confusion_int8.png")
+        plot_confusion(
+            predictions["onnx_int8"],
+            data.y_test,
+            data.labels,
+            f"{data.name}: ONNX int8 on the test split",
+            staging / "confusion_int8.png",
+        )
 
 
 def _manifest(folder: Path, staging: Path, results: list[ParityResult], context: dict) -> dict:
@@ -269,10 +323,19 @@ def _manifest(folder: Path, staging: Path, results: list[ParityResult], context:
     entries = []
     for r in results:
         path = staging / r.path
-        entry = {"path": r.path, "format": r.format, "precision": r.precision, "quantization": r.quantization,
-                 "bytes": r.bytes, "sha256": sha256_of(path), "accuracy": r.accuracy,
-                 "delta_pp": round(r.delta_pp, 4), "agreement": r.agreement,
-                 "max_abs_diff": r.max_abs_diff, "passed": r.passed}
+        entry = {
+            "path": r.path,
+            "format": r.format,
+            "precision": r.precision,
+            "quantization": r.quantization,
+            "bytes": r.bytes,
+            "sha256": sha256_of(path),
+            "accuracy": r.accuracy,
+            "delta_pp": round(r.delta_pp, 4),
+            "agreement": r.agreement,
+            "max_abs_diff": r.max_abs_diff,
+            "passed": r.passed,
+        }
         if r.format == "tflite":
             entry["metadata"] = r.path + ".json"
         entries.append(entry)
@@ -284,8 +347,20 @@ def _manifest(folder: Path, staging: Path, results: list[ParityResult], context:
             entries += [e for e in old["artifacts"] if e["path"] not in fresh and (folder / e["path"]).is_file()]
     order = list(ARTIFACTS.values())
     entries.sort(key=lambda e: next((i for i, s in enumerate(order) if s.filename == e["path"]), len(order)))
-    return {key: context[key] for key in ("dataset", "labels", "float_accuracy", "test_images", "source",
-                                          "calibration", "thresholds", "versions", "created")} | {"artifacts": entries}
+    return {
+        key: context[key]
+        for key in (
+            "dataset",
+            "labels",
+            "float_accuracy",
+            "test_images",
+            "source",
+            "calibration",
+            "thresholds",
+            "versions",
+            "created",
+        )
+    } | {"artifacts": entries}
 
 
 def _publish(staging: Path, folder: Path) -> None:

@@ -30,7 +30,8 @@ def parity_markdown(results: list[ParityResult], context: dict) -> str:
         f"{context['test_images']} test images. Calibration: {context['calibration']['samples']} training images, "
         f"{context['calibration']['method']}.",
         "",
-        "| artifact | format | precision | size KiB | vs fp32 | accuracy | delta pp | agreement | max abs diff | result |",
+        "| artifact | format | precision | size KiB | vs fp32 | accuracy | delta pp | agreement | max abs diff "
+        "| result |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
@@ -41,9 +42,15 @@ def parity_markdown(results: list[ParityResult], context: dict) -> str:
             f"{r.bytes / 1024:.1f} | {share} | {100 * r.accuracy:.2f}% | {r.delta_pp:+.2f} | "
             f"{100 * r.agreement:.2f}% | {r.max_abs_diff:.4f} | {verdict} |"
         )
-    lines += ["", "Thresholds: " + ", ".join(
-        f"{p} |delta| <= {t.max_delta_pp} pp and agreement >= {100 * t.min_agreement:g}%"
-        for p, t in context["thresholds"].items()), ""]
+    lines += [
+        "",
+        "Thresholds: "
+        + ", ".join(
+            f"{p} |delta| <= {t.max_delta_pp} pp and agreement >= {100 * t.min_agreement:g}%"
+            for p, t in context["thresholds"].items()
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -61,8 +68,15 @@ def plot_confusion(predicted: np.ndarray, targets: np.ndarray, labels: tuple[str
     top = matrix.max() or 1
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                matrix[i, j],
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if matrix[i, j] > top / 2 else "black",
+            )
     ax.set_title(title)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -6,6 +6,8 @@ quantization is read from the file, so the runner feeds it exactly what the floa
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterator
 
 import keras
@@ -31,7 +33,8 @@ def keras_to_tflite(model: keras.Model, precision: str, calibration: np.ndarray 
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
-    return converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras 3 prints its SavedModel signature to stdout
+        return converter.convert()
 
 
 def _representative(calibration: np.ndarray) -> Iterator[list[np.ndarray]]:

@@ -76,8 +76,9 @@ class Classifier:
         self.batch_size = 1 if batch_dim == 1 else max(1, batch_size)
 
     @classmethod
-    def for_dataset(cls, dataset: str, precision: str = "int8", models_dir: str | os.PathLike | None = None,
-                    **kwargs) -> Classifier:
+    def for_dataset(
+        cls, dataset: str, precision: str = "int8", models_dir: str | os.PathLike | None = None, **kwargs
+    ) -> Classifier:
         """The shipped artifact of ``dataset`` at ``precision``, as listed in its manifest."""
         return cls(find_artifact(dataset, precision, "onnx", Path(models_dir) if models_dir else None), **kwargs)
 

@@ -27,15 +27,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m runtime.classify",
         description="Classify images with an exported ONNX model (ONNX Runtime only). "
-                    "Exit codes: 0 all classified, 1 some inputs failed, 2 usage or model error.",
+        "Exit codes: 0 all classified, 1 some inputs failed, 2 usage or model error.",
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", type=Path, help="an ONNX model exported by edgepack")
-    source.add_argument("--dataset", choices=DATASETS, default="fashion_mnist",
-                        help="use this dataset's shipped model (default: fashion_mnist)")
-    parser.add_argument("--precision", choices=("int8", "fp32"), default="int8",
-                        help="precision of the shipped model (default: int8)")
+    source.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="fashion_mnist",
+        help="use this dataset's shipped model (default: fashion_mnist)",
+    )
+    parser.add_argument(
+        "--precision", choices=("int8", "fp32"), default="int8", help="precision of the shipped model (default: int8)"
+    )
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line, for scripts")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")

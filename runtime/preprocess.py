@@ -24,7 +24,6 @@ import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -32,13 +31,11 @@ from PIL import Image, ImageOps
 from runtime.errors import InputError
 from runtime.metadata import ModelInfo
 
-ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 40_000_000
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _WHITE = (255, 255, 255, 255)
 
@@ -81,9 +78,7 @@ def decode_image(data: bytes, name: str) -> Image.Image:
         raise InputError(f"{name}: not an image (or a format Pillow cannot read)") from None
     pixels = image.size[0] * image.size[1]
     if pixels > MAX_PIXELS:
-        raise InputError(
-            f"{name}: image too large ({image.size[0]}x{image.size[1]} pixels, limit {MAX_PIXELS})"
-        )
+        raise InputError(f"{name}: image too large ({image.size[0]}x{image.size[1]} pixels, limit {MAX_PIXELS})")
     try:
         image.load()
         return ImageOps.exif_transpose(image)
@@ -105,9 +100,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
     """Composite anything with transparency onto white, as a viewer would show it."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
     if not has_alpha:
         return image
     background = Image.new("RGBA", image.size, _WHITE)
@@ -143,6 +136,8 @@ def _array_images(array: np.ndarray, name: str) -> list[np.ndarray]:
         images = list(array)
     else:
         raise InputError(f"{name}: expected an array of 2 to 4 dimensions, got shape {array.shape}")
+    if not images:
+        raise InputError(f"{name}: empty batch (shape {array.shape})")
     for image in images:
         height, width, channels = image.shape
         if height == 0 or width == 0 or height * width > MAX_PIXELS:
@@ -204,6 +199,4 @@ def as_sources(images: ImageSource | Sequence[ImageSource]) -> list[ImageSource]
 
 def find_images(path: Path) -> list[Path]:
     """The image files below a directory, in a stable order, by suffix."""
-    return sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

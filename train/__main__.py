@@ -23,22 +23,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m train",
         description="Train a Keras CNN and write models/<dataset>/model.keras, history.json, metrics.json, "
-                    "curves.png and samples.png. Uses every local GPU when present, else the CPU.",
+        "curves.png and samples.png. Uses every local GPU when present, else the CPU.",
     )
-    parser.add_argument("--dataset", default="all",
-                        help=f"{', '.join(REGISTRY)}, 'all', or the path of an image-folder tree "
-                             "(train/<class>/*, test/<class>/*; a directory or .tar.gz) (default: all)")
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES),
-                        help="architecture (default: edge_vgg for fashion_mnist, edge_resnet for cifar10)")
+    parser.add_argument(
+        "--dataset",
+        default="all",
+        help=f"{', '.join(REGISTRY)}, 'all', or the path of an image-folder tree "
+        "(train/<class>/*, test/<class>/*; a directory or .tar.gz) (default: all)",
+    )
+    parser.add_argument(
+        "--arch",
+        choices=sorted(ARCHITECTURES),
+        help="architecture (default: edge_vgg for fashion_mnist, edge_resnet for cifar10)",
+    )
     parser.add_argument("--epochs", type=int, help="epochs (default: the architecture's recipe)")
     parser.add_argument("--batch-size", type=int, default=128, help="global batch size (default: 128)")
     parser.add_argument("--seed", type=int, default=42, help="random seed; runs are deterministic (default: 42)")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="share of the training split held out for validation (default: 0.1)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the training split held out for validation (default: 0.1)",
+    )
     parser.add_argument("--quick", action="store_true", help="a minutes-long smoke run on a small subset")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="output root; files go to OUT/<dataset>/ (default: models/)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output root; files go to OUT/<dataset>/ (default: models/)"
+    )
     parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR, then the Keras cache)")
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
@@ -60,11 +71,15 @@ def run(args: argparse.Namespace) -> None:
         out = args.out / dataset.name
         out.mkdir(parents=True, exist_ok=True)
         plot_samples(dataset.x_train, dataset.y_train, dataset.labels, out / "samples.png")
-        metrics = train(TrainConfig(dataset, arch, out, args.epochs, args.batch_size, args.seed,
-                                    args.val_fraction, args.quick, args.resume))
+        metrics = train(
+            TrainConfig(
+                dataset, arch, out, args.epochs, args.batch_size, args.seed, args.val_fraction, args.quick, args.resume
+            )
+        )
         history = json.loads((out / "history.json").read_text())
-        plot_curves(history, f"{dataset.name} / {arch}: test accuracy {100 * metrics['test_accuracy']:.2f}%",
-                    out / "curves.png")
+        plot_curves(
+            history, f"{dataset.name} / {arch}: test accuracy {100 * metrics['test_accuracy']:.2f}%", out / "curves.png"
+        )
         print(f"{dataset.name}: {arch} test accuracy {100 * metrics['test_accuracy']:.2f}% -> {out}")
 
 

@@ -212,7 +212,9 @@ def _decode_entries(
         collected[split].append((label, pixels))
     for split in ("train", "test"):
         if not collected[split]:
-            raise DataError(f"{source}: no images under {split}/<class>/ (expected train/<class>/*.jpg and test/<class>/*.jpg)")
+            raise DataError(
+                f"{source}: no images under {split}/<class>/ (expected train/<class>/*.jpg and test/<class>/*.jpg)"
+            )
     found = sorted({label for label, _ in collected["train"]})
     labels = labels or tuple(found)
     unknown = sorted({label for split in collected.values() for label, _ in split} - set(labels))
@@ -248,8 +250,14 @@ def load_image_folder(source: Path, name: str | None = None, labels: tuple[str, 
         try:
             with np.load(cached, allow_pickle=False) as npz:
                 log.info("loaded decoded images from cache %s", cached)
-                return Dataset(name or str(npz["name"]), tuple(npz["labels"].tolist()),
-                               npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"])
+                return Dataset(
+                    name or str(npz["name"]),
+                    tuple(npz["labels"].tolist()),
+                    npz["x_train"],
+                    npz["y_train"],
+                    npz["x_test"],
+                    npz["y_test"],
+                )
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring unreadable cache %s (%s)", cached, exc)
     walk = _walk_directory(source) if source.is_dir() else _walk_tarball(source)
@@ -265,8 +273,15 @@ def _write_cache(path: Path, dataset: Dataset) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         with partial.open("wb") as handle:
-            np.savez(handle, name=dataset.name, labels=np.array(dataset.labels), x_train=dataset.x_train,
-                     y_train=dataset.y_train, x_test=dataset.x_test, y_test=dataset.y_test)
+            np.savez(
+                handle,
+                name=dataset.name,
+                labels=np.array(dataset.labels),
+                x_train=dataset.x_train,
+                y_train=dataset.y_train,
+                x_test=dataset.x_test,
+                y_test=dataset.y_test,
+            )
         partial.replace(path)
     except OSError as exc:
         log.warning("could not write the decode cache %s (%s)", path, exc)
@@ -276,10 +291,19 @@ def _write_cache(path: Path, dataset: Dataset) -> None:
 # The registry
 
 
-FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer",
-                  "dog", "frog", "horse", "ship", "truck")
+FASHION_MNIST_LABELS = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def _find_fashion_mnist(root: Path) -> Dataset | None:
@@ -308,8 +332,9 @@ def _keras_download(module: str) -> Callable[[], None]:
 
 
 REGISTRY: dict[str, DatasetSpec] = {
-    "fashion_mnist": DatasetSpec("fashion_mnist", FASHION_MNIST_LABELS, (28, 28, 1),
-                                 _find_fashion_mnist, _keras_download("fashion_mnist")),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", FASHION_MNIST_LABELS, (28, 28, 1), _find_fashion_mnist, _keras_download("fashion_mnist")
+    ),
     "cifar10": DatasetSpec("cifar10", CIFAR10_LABELS, (32, 32, 3), _find_cifar10, _keras_download("cifar10")),
 }
 
@@ -345,8 +370,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
 
 def _download(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> Dataset:
     looked = ", ".join(str(d) for d in search_dirs(data_dir))
-    hint = (f"{spec.name}: not found in {looked}; point --data-dir or {DATA_DIR_ENV} at a directory "
-            f"holding it (e.g. ../shared/data)")
+    hint = (
+        f"{spec.name}: not found in {looked}; point --data-dir or {DATA_DIR_ENV} at a directory "
+        f"holding it (e.g. ../shared/data)"
+    )
     if os.environ.get(OFFLINE_ENV):
         raise DataError(f"{hint}; downloading is disabled by {OFFLINE_ENV}")
     log.info("%s: not found locally, downloading the canonical files", spec.name)
@@ -363,8 +390,9 @@ def _download(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> Dataset:
 def model_info(dataset: Dataset, **fields) -> ModelInfo:
     """The runtime metadata describing a model trained on ``dataset`` (NCHW float input in [0, 1])."""
     height, width, channels = dataset.input_shape
-    return ModelInfo(labels=dataset.labels, height=height, width=width, channels=channels,
-                     dataset=dataset.name, **fields)
+    return ModelInfo(
+        labels=dataset.labels, height=height, width=width, channels=channels, dataset=dataset.name, **fields
+    )
 
 
 def train_val_split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
@@ -385,5 +413,6 @@ def subset(dataset: Dataset, train_size: int, test_size: int, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     tr = np.sort(rng.permutation(len(dataset.y_train))[:train_size])
     te = np.sort(rng.permutation(len(dataset.y_test))[:test_size])
-    return Dataset(dataset.name, dataset.labels, dataset.x_train[tr], dataset.y_train[tr],
-                   dataset.x_test[te], dataset.y_test[te])
+    return Dataset(
+        dataset.name, dataset.labels, dataset.x_train[tr], dataset.y_train[tr], dataset.x_test[te], dataset.y_test[te]
+    )

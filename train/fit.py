@@ -42,8 +42,15 @@ class Recipe:
 
 
 RECIPES = {
-    "baseline": Recipe(epochs=10, learning_rate=1e-3, optimizer="adam", augment=False,
-                       label_smoothing=0.0, weight_decay=0.0, warmup_epochs=0),
+    "baseline": Recipe(
+        epochs=10,
+        learning_rate=1e-3,
+        optimizer="adam",
+        augment=False,
+        label_smoothing=0.0,
+        weight_decay=0.0,
+        warmup_epochs=0,
+    ),
     "edge_vgg": Recipe(epochs=40, learning_rate=0.05),
     "edge_resnet": Recipe(epochs=40, learning_rate=0.05),
 }
@@ -95,8 +102,9 @@ def _augment(images: tf.Tensor, pad: int) -> tf.Tensor:
     return tf.image.random_flip_left_right(cropped)
 
 
-def make_pipeline(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int,
-                  training: bool, augment: bool, seed: int) -> tf.data.Dataset:
+def make_pipeline(
+    x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, training: bool, augment: bool, seed: int
+) -> tf.data.Dataset:
     """uint8 images and integer labels -> batches of [0, 1] floats and one-hot targets."""
     data = tf.data.Dataset.from_tensor_slices((x, y))
     if training:
@@ -154,8 +162,12 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__}
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def train(config: TrainConfig) -> dict:
@@ -163,8 +175,9 @@ def train(config: TrainConfig) -> dict:
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     strategy, device, mixed = select_strategy()
-    log.info("training %s on %s with %s%s", config.arch, config.dataset.name, device,
-             " (mixed precision)" if mixed else "")
+    log.info(
+        "training %s on %s with %s%s", config.arch, config.dataset.name, device, " (mixed precision)" if mixed else ""
+    )
 
     data = subset(config.dataset, 2000, 500, config.seed) if config.quick else config.dataset
     recipe = config.recipe
@@ -187,39 +200,63 @@ def train(config: TrainConfig) -> dict:
 
     with strategy.scope():
         model = build_model(config.arch, data.input_shape, k)
-        model.compile(optimizer=_optimizer(recipe, len(x_train) // config.batch_size, epochs),
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
-                      metrics=["accuracy"])
+        model.compile(
+            optimizer=_optimizer(recipe, len(x_train) // config.batch_size, epochs),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+            metrics=["accuracy"],
+        )
     callbacks = [
         keras.callbacks.BackupAndRestore(str(ckpt / "backup"), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(ckpt / "best.keras"), monitor="val_accuracy", mode="max",
-                                        save_best_only=True, initial_value_threshold=best_so_far),
+        keras.callbacks.ModelCheckpoint(
+            str(ckpt / "best.keras"),
+            monitor="val_accuracy",
+            mode="max",
+            save_best_only=True,
+            initial_value_threshold=best_so_far,
+        ),
         keras.callbacks.CSVLogger(str(log_path), append=config.resume),
     ]
     started = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-              verbose=1 if os.isatty(2) else 2)
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=1 if os.isatty(2) else 2)
     wall = time.perf_counter() - started
 
     final = _float32_copy(config.arch, data, ckpt / "best.keras" if (ckpt / "best.keras").exists() else model)
     test_acc, test_loss = evaluate(final, test_ds)
     history = _read_log(log_path)
     metrics = {
-        "dataset": data.name, "arch": config.arch, "test_accuracy": float(test_acc), "test_loss": float(test_loss),
+        "dataset": data.name,
+        "arch": config.arch,
+        "test_accuracy": float(test_acc),
+        "test_loss": float(test_loss),
         "best_val_accuracy": max(history.get("val_accuracy", [float("nan")])),
-        "params": int(final.count_params()), "epochs": len(history.get("epoch", [])),
-        "train_images": len(x_train), "val_images": len(x_val), "test_images": len(data.x_test),
-        "batch_size": config.batch_size, "seed": config.seed, "quick": config.quick,
-        "recipe": asdict(recipe), "wall_time_s": round(wall, 1), "device": device,
-        "mixed_precision": mixed, "versions": versions(), "labels": list(data.labels),
+        "params": int(final.count_params()),
+        "epochs": len(history.get("epoch", [])),
+        "train_images": len(x_train),
+        "val_images": len(x_val),
+        "test_images": len(data.x_test),
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "quick": config.quick,
+        "recipe": asdict(recipe),
+        "wall_time_s": round(wall, 1),
+        "device": device,
+        "mixed_precision": mixed,
+        "versions": versions(),
+        "labels": list(data.labels),
         "input_shape": list(data.input_shape),
     }
     out.mkdir(parents=True, exist_ok=True)
     _atomic_save(final, out / "model.keras")
     write_json(out / "history.json", history)
     write_json(out / "metrics.json", metrics)
-    log.info("%s/%s: test accuracy %.2f%% (%d params, %.0f s)", data.name, config.arch,
-             100 * test_acc, metrics["params"], wall)
+    log.info(
+        "%s/%s: test accuracy %.2f%% (%d params, %.0f s)",
+        data.name,
+        config.arch,
+        100 * test_acc,
+        metrics["params"],
+        wall,
+    )
     return metrics
 
 

@@ -13,9 +13,9 @@ there. Both build the same layers in the same order, so weights carry over with 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 
 import keras
-from types import ModuleType
 
 Builder = Callable[..., keras.Model]
 

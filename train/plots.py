@@ -19,8 +19,9 @@ def _save(fig: plt.Figure, path: Path) -> None:
     partial.replace(path)
 
 
-def plot_samples(images: np.ndarray, targets: np.ndarray, labels: tuple[str, ...], path: Path,
-                 per_class: int = 4) -> None:
+def plot_samples(
+    images: np.ndarray, targets: np.ndarray, labels: tuple[str, ...], path: Path, per_class: int = 4
+) -> None:
     """A grid with ``per_class`` example images of every class, each column one class."""
     fig, axes = plt.subplots(per_class, len(labels), figsize=(1.3 * len(labels), 1.45 * per_class), squeeze=False)
     for col, label in enumerate(labels):

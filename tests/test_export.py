@@ -1,0 +1,153 @@
+"""`python -m export` on a small model trained in the session: artifacts, metadata, gate, manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import onnx
+import pytest
+
+from export.__main__ import main
+from export.parity import DEFAULT_THRESHOLDS, Threshold, compare, parse_thresholds
+from export.pipeline import ARTIFACTS, DEFAULT_FORMATS
+from runtime.artifacts import sha256_of
+from runtime.metadata import METADATA_KEY, ModelInfo
+
+
+def manifest_of(models):
+    return json.loads((models / "fashion_mnist" / "manifest.json").read_text())
+
+
+def test_every_default_artifact_is_published_and_passes(exported_models):
+    manifest = manifest_of(exported_models)
+    assert [a["path"] for a in manifest["artifacts"]] == [ARTIFACTS[n].filename for n in DEFAULT_FORMATS]
+    for entry in manifest["artifacts"]:
+        threshold = DEFAULT_THRESHOLDS[entry["precision"]]
+        assert entry["passed"] and abs(entry["delta_pp"]) <= threshold.max_delta_pp
+        assert entry["agreement"] >= threshold.min_agreement
+    folder = exported_models / "fashion_mnist"
+    assert all((folder / name).stat().st_size > 0 for name in ("parity.json", "parity.md", "confusion_int8.png"))
+    assert manifest["calibration"] == {"samples": 1000, "method": "minmax", "split": "train", "seed": 0}
+    assert manifest["test_images"] == 10000 and "onnxruntime" in manifest["versions"]
+
+
+def test_manifest_hashes_and_sizes_match_the_files(exported_models):
+    folder = exported_models / "fashion_mnist"
+    for entry in manifest_of(exported_models)["artifacts"]:
+        assert sha256_of(folder / entry["path"]) == entry["sha256"]
+        assert (folder / entry["path"]).stat().st_size == entry["bytes"]
+
+
+def test_int8_artifacts_are_a_third_of_fp32_or_less(exported_models):
+    sizes = {(a["format"], a["precision"]): a["bytes"] for a in manifest_of(exported_models)["artifacts"]}
+    for fmt in ("onnx", "tflite"):
+        assert sizes[(fmt, "int8")] <= 0.3 * sizes[(fmt, "fp32")]
+
+
+def test_onnx_graph_is_valid_nchw_without_transposes(fp32_model, int8_model):
+    for path in (fp32_model, int8_model):
+        proto = onnx.load(path)
+        onnx.checker.check_model(proto, full_check=True)
+        assert proto.opset_import[0].version >= 17
+        assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]] == [1, 28, 28]
+    ops = {n.op_type for n in onnx.load(int8_model).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+
+
+def test_default_architecture_converts_without_transposes():
+    from export.onnx_export import count_ops, keras_to_onnx
+    from train.models import build_model
+
+    info = ModelInfo(labels=tuple("abcdefghij"), height=28, width=28, channels=1)
+    ops = count_ops(keras_to_onnx(build_model("edge_vgg", (28, 28, 1), 10), info))
+    assert "Transpose" not in ops and "BatchNormalization" not in ops and ops["Conv"] == 6
+
+
+def test_metadata_round_trips_from_the_onnx_file_alone(int8_model, trained_models):
+    props = {p.key: p.value for p in onnx.load(int8_model).metadata_props}
+    info = ModelInfo.from_json(props[METADATA_KEY])
+    assert info.labels[0] == "T-shirt/top" and info.labels[9] == "Ankle boot"
+    assert (info.height, info.width, info.channels, info.layout) == (28, 28, 1, "NCHW")
+    assert info.scale == pytest.approx(1 / 255) and info.precision == "int8" and info.dataset == "fashion_mnist"
+    assert info.extra["calibration"]["samples"] == 1000
+    metrics = json.loads((trained_models / "fashion_mnist" / "metrics.json").read_text())
+    assert info.float_accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+
+def test_tflite_sidecars_describe_nhwc_input(exported_models):
+    sidecar = exported_models / "fashion_mnist" / "model_int8.tflite.json"
+    info = ModelInfo.from_json(sidecar.read_text())
+    assert info.layout == "NHWC" and info.precision == "int8"
+
+
+def test_broken_artifact_fails_the_gate_and_leaves_the_release_untouched(
+    exported_models, small_data_dir, tmp_path, capsys
+):
+    models = tmp_path / "models"
+    shutil.copytree(exported_models, models)
+    folder = models / "fashion_mnist"
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    model = keras.models.load_model(folder / "model.keras", compile=False)
+    rng = np.random.default_rng(0)
+    model.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in model.get_weights()])
+    perturbed = folder / "model.keras"
+    model.save(perturbed)  # a retrained model whose export now differs
+    before["model.keras"] = perturbed.read_bytes()
+    # Perturbing only the exported int8 artifact stands in for a bad conversion: lower its gate.
+    code = main(
+        [
+            "--dataset",
+            "fashion_mnist",
+            "--models-dir",
+            str(models),
+            "--data-dir",
+            str(small_data_dir),
+            "--formats",
+            "onnx_int8",
+            "--thresholds",
+            "int8=0.0:1.0",
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "model_int8.onnx" in err and "agreement" in err and "nothing published" in err
+    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert after == before
+    assert (folder / "rejected" / "model_int8.onnx").is_file()
+
+
+def test_parity_compare_flags_each_figure():
+    reference = np.eye(4)[[0, 1, 2, 3, 0, 1, 2, 3]]
+    targets = np.array([0, 1, 2, 3, 0, 1, 2, 0])
+    worse = reference.copy()
+    worse[0] = np.eye(4)[1]
+    result = compare(
+        worse,
+        reference,
+        targets,
+        Threshold(0.05, 0.999),
+        name="x",
+        path="x",
+        format="onnx",
+        precision="int8",
+        quantization="ptq",
+        bytes=1,
+    )
+    assert result.delta_pp == pytest.approx(-12.5) and result.agreement == pytest.approx(7 / 8)
+    assert result.per_class_delta_pp[0] == pytest.approx(-100 / 3, abs=1e-3)
+    assert len(result.failures) == 2 and not result.passed
+
+
+def test_threshold_option_parsing():
+    assert parse_thresholds("int8=1.0:0.95")["int8"] == Threshold(1.0, 0.95)
+    assert parse_thresholds("")["fp32"] == DEFAULT_THRESHOLDS["fp32"]
+    with pytest.raises(ValueError, match="PRECISION=MAX_DELTA_PP:MIN_AGREEMENT"):
+        parse_thresholds("int8=lots")
+
+
+def test_missing_model_is_a_clear_error(tmp_path, small_data_dir, capsys):
+    assert main(["--dataset", "fashion_mnist", "--models-dir", str(tmp_path), "--data-dir", str(small_data_dir)]) == 2
+    assert "no trained model; train it first" in capsys.readouterr().err
