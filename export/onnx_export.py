@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import tensorflow as tf
 import tf2onnx
+from onnx import helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
@@ -70,6 +71,58 @@ def keras_to_onnx(model: keras.Model, info: ModelInfo) -> onnx.ModelProto:
     set_metadata(proto, info)
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def store_weights_as_int8(proto: onnx.ModelProto) -> int:
+    """Store float Conv and MatMul weights as per-output-channel int8 behind DequantizeLinear.
+
+    tf2onnx folds a QAT model's weight fake-quantization into float constants, which leaves an
+    "int8" model with fp32-sized weights that ONNX Runtime cannot run as integer convolutions.
+    The folded weights already sit on a symmetric per-channel grid, so re-quantizing them with
+    scale max|w|/127 restores int8 storage; the parity gate measures whatever error remains.
+    Returns the number of weights converted.
+    """
+    initializers = {init.name: init for init in proto.graph.initializer}
+    dequantize_nodes = []
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "MatMul") or node.input[1] not in initializers:
+            continue
+        name = node.input[1]
+        weights = numpy_helper.to_array(initializers[name]).astype(np.float32)
+        axis = 0 if node.op_type == "Conv" else weights.ndim - 1  # output channels: OIHW rows, MatMul columns
+        others = tuple(i for i in range(weights.ndim) if i != axis)
+        scale = np.max(np.abs(weights), axis=others) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        shape = [1] * weights.ndim
+        shape[axis] = -1
+        quantized = np.clip(np.rint(weights / scale.reshape(shape)), -127, 127).astype(np.int8)
+        proto.graph.initializer.extend(
+            [
+                numpy_helper.from_array(quantized, f"{name}_int8"),
+                numpy_helper.from_array(scale, f"{name}_scale"),
+                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero_point"),
+            ]
+        )
+        dequantize_nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+                [f"{name}_dequantized"],
+                axis=axis,
+            )
+        )
+        node.input[1] = f"{name}_dequantized"
+    used = {i for node in proto.graph.node for i in node.input}
+    kept = [
+        init
+        for init in proto.graph.initializer
+        if init.name in used or init.name.endswith(("_int8", "_scale", "_zero_point"))
+    ]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    for node in reversed(dequantize_nodes):  # their inputs are initializers: first is a valid order
+        proto.graph.node.insert(0, node)
+    return len(dequantize_nodes)
 
 
 def count_ops(proto: onnx.ModelProto) -> dict[str, int]:

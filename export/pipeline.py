@@ -24,8 +24,8 @@ import onnx
 from tqdm import tqdm
 
 from export.litert import LiteRTModel
-from export.onnx_export import count_ops, keras_to_onnx, quantize_onnx
-from export.parity import DEFAULT_THRESHOLDS, ParityResult, Threshold, compare, threshold_key
+from export.onnx_export import count_ops, keras_to_onnx, quantize_onnx, store_weights_as_int8
+from export.parity import DEFAULT_THRESHOLDS, ParityResult, Threshold, compare
 from export.report import parity_json, parity_markdown, plot_confusion
 from export.tflite_export import keras_to_tflite
 from runtime.artifacts import MANIFEST, read_manifest, sha256_of
@@ -138,6 +138,7 @@ class _Builder:
         self.config, self.staging = config, staging
         self._fp32_onnx: onnx.ModelProto | None = None
         self._qat_model = None
+        self._qat_reference: np.ndarray | None = None
 
     def info_for(self, spec: ArtifactSpec) -> ModelInfo:
         extra = {"quantization": spec.quantization}
@@ -169,6 +170,12 @@ class _Builder:
             self._qat_model = quantization_aware_model(self.model, arch, self.data, self.config.qat_epochs)
         return self._qat_model
 
+    def qat_reference(self) -> np.ndarray:
+        """The fine-tuned QAT model's own probabilities: what its conversions must reproduce."""
+        if self._qat_reference is None:
+            self._qat_reference = float_reference(self.qat_model(), self.data.x_test)
+        return self._qat_reference
+
     def build(self, name: str) -> Path:
         spec = ARTIFACTS[name]
         path = self.staging / spec.filename
@@ -178,7 +185,10 @@ class _Builder:
         elif name == "onnx_int8":
             onnx.save(quantize_onnx(self.fp32_onnx(), self.calibration, info, self.config.calibration_method), path)
         elif name == "onnx_qat_int8":
-            onnx.save(keras_to_onnx(self.qat_model(), info), path)
+            proto = keras_to_onnx(self.qat_model(), info)
+            store_weights_as_int8(proto)
+            onnx.checker.check_model(proto, full_check=True)
+            onnx.save(proto, path)
         else:
             source = self.qat_model() if spec.quantization == "qat" else self.model
             path.write_bytes(keras_to_tflite(source, spec.precision, self.calibration))
@@ -250,7 +260,8 @@ def export_dataset(config: ExportConfig) -> Release:
                 probabilities,
                 reference,
                 data.y_test,
-                config.thresholds[threshold_key(spec.precision, spec.quantization)],
+                config.thresholds[spec.precision],
+                source=builder.qat_reference() if spec.quantization == "qat" else None,
                 name=name,
                 path=spec.filename,
                 format=spec.format,

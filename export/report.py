@@ -48,9 +48,16 @@ def parity_markdown(results: list[ParityResult], context: dict) -> str:
         + ", ".join(
             f"{p} |delta| <= {t.max_delta_pp} pp and agreement >= {100 * t.min_agreement:g}%"
             for p, t in context["thresholds"].items()
-        ),
+        )
+        + ".",
         "",
     ]
+    if any(r.quantization == "qat" for r in results):
+        lines += [
+            "QAT rows: the delta is against the float model and only a loss fails; agreement and max abs diff "
+            "are against the fine-tuned QAT Keras model each artifact was converted from.",
+            "",
+        ]
     return "\n".join(lines)
 
 

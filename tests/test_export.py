@@ -151,3 +151,41 @@ def test_threshold_option_parsing():
 def test_missing_model_is_a_clear_error(tmp_path, small_data_dir, capsys):
     assert main(["--dataset", "fashion_mnist", "--models-dir", str(tmp_path), "--data-dir", str(small_data_dir)]) == 2
     assert "no trained model; train it first" in capsys.readouterr().err
+
+
+def test_qat_artifacts_are_int8_and_reported_beside_ptq(exported_models, small_data_dir, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(exported_models, models)
+    code = main(
+        [
+            "--dataset",
+            "fashion_mnist",
+            "--models-dir",
+            str(models),
+            "--data-dir",
+            str(small_data_dir),
+            "--formats",
+            "onnx_fp32",
+            "--qat",
+        ]
+    )
+    assert code == 0
+    manifest = manifest_of(models)
+    entries = {a["path"]: a for a in manifest["artifacts"]}
+    assert entries["model_qat_int8.onnx"]["quantization"] == "qat" and entries["model_qat_int8.onnx"]["passed"]
+    assert entries["model_int8.onnx"]["quantization"] == "ptq"  # kept: same model.keras as before
+    assert entries["model_qat_int8.onnx"]["bytes"] <= 0.3 * entries["model_fp32.onnx"]["bytes"]
+    proto = onnx.load(models / "fashion_mnist" / "model_qat_int8.onnx")
+    assert any(init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4 for init in proto.graph.initializer)
+    assert "(QAT)" in (models / "fashion_mnist" / "parity.md").read_text()
+
+
+def test_qat_gate_allows_a_gain_but_not_an_unfaithful_conversion():
+    targets = np.array([1, 1, 0, 0])
+    float_model = np.eye(2)[[0, 0, 0, 0]]  # 50% accurate
+    qat_model = np.eye(2)[[1, 1, 0, 0]]  # fine-tuning fixed two images
+    spec = dict(name="q", path="q", format="onnx", precision="int8", quantization="qat", bytes=1)
+    faithful = compare(qat_model, float_model, targets, Threshold(0.5, 0.99), source=qat_model, **spec)
+    assert faithful.passed and faithful.delta_pp == pytest.approx(50.0) and faithful.agreement == 1.0
+    unfaithful = compare(float_model, float_model, targets, Threshold(0.5, 0.99), source=qat_model, **spec)
+    assert not unfaithful.passed and unfaithful.failures == ["top-1 agreement 50.00% is below 99.00%"]
