@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
-import keras
 import numpy as np
 import onnx
 import pytest
 
+import export.pipeline
 from export.__main__ import main
 from export.parity import DEFAULT_THRESHOLDS, Threshold, compare, parse_thresholds
 from export.pipeline import ARTIFACTS, DEFAULT_FORMATS
@@ -83,39 +83,42 @@ def test_tflite_sidecars_describe_nhwc_input(exported_models):
     assert info.layout == "NHWC" and info.precision == "int8"
 
 
-def test_broken_artifact_fails_the_gate_and_leaves_the_release_untouched(
-    exported_models, small_data_dir, tmp_path, capsys
-):
+def copy_release(exported_models, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(exported_models, models)
+    return models
+
+
+def run_export(models, data_dir, *extra: str) -> int:
+    return main(["--dataset", "fashion_mnist", "--models-dir", str(models), "--data-dir", str(data_dir), *extra])
+
+
+def test_broken_artifact_fails_the_gate_and_leaves_the_release_untouched(
+    exported_models, small_data_dir, tmp_path, capsys, monkeypatch
+):
+    models = copy_release(exported_models, tmp_path)
     folder = models / "fashion_mnist"
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    model = keras.models.load_model(folder / "model.keras", compile=False)
     rng = np.random.default_rng(0)
-    model.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in model.get_weights()])
-    perturbed = folder / "model.keras"
-    model.save(perturbed)  # a retrained model whose export now differs
-    before["model.keras"] = perturbed.read_bytes()
-    # Perturbing only the exported int8 artifact stands in for a bad conversion: lower its gate.
-    code = main(
-        [
-            "--dataset",
-            "fashion_mnist",
-            "--models-dir",
-            str(models),
-            "--data-dir",
-            str(small_data_dir),
-            "--formats",
-            "onnx_int8",
-            "--thresholds",
-            "int8=0.0:1.0",
-        ]
-    )
-    assert code == 1
+    quantize = export.pipeline.quantize_onnx
+
+    def broken_quantize(*args, **kwargs):
+        """A conversion bug: the int8 model's convolution weights come out perturbed."""
+        proto = quantize(*args, **kwargs)
+        for init in proto.graph.initializer:
+            if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4:
+                weights = onnx.numpy_helper.to_array(init).astype(np.int16)
+                noisy = np.clip(weights + rng.integers(-40, 41, weights.shape), -127, 127).astype(np.int8)
+                init.CopyFrom(onnx.numpy_helper.from_array(noisy, init.name))
+        return proto
+
+    monkeypatch.setattr(export.pipeline, "quantize_onnx", broken_quantize)
+    assert run_export(models, small_data_dir, "--formats", "onnx_fp32,onnx_int8") == 1
     err = capsys.readouterr().err
-    assert "model_int8.onnx" in err and "agreement" in err and "nothing published" in err
+    assert "parity gate failed for model_int8.onnx" in err and "agreement" in err and "nothing published" in err
+    assert "model_fp32.onnx" not in err.split("candidates kept")[0]
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    assert after == before
+    assert after == before  # the good int8 model, the fp32 model and the manifest are untouched
     assert (folder / "rejected" / "model_int8.onnx").is_file()
 
 
@@ -154,22 +157,8 @@ def test_missing_model_is_a_clear_error(tmp_path, small_data_dir, capsys):
 
 
 def test_qat_artifacts_are_int8_and_reported_beside_ptq(exported_models, small_data_dir, tmp_path):
-    models = tmp_path / "models"
-    shutil.copytree(exported_models, models)
-    code = main(
-        [
-            "--dataset",
-            "fashion_mnist",
-            "--models-dir",
-            str(models),
-            "--data-dir",
-            str(small_data_dir),
-            "--formats",
-            "onnx_fp32",
-            "--qat",
-        ]
-    )
-    assert code == 0
+    models = copy_release(exported_models, tmp_path)
+    assert run_export(models, small_data_dir, "--formats", "onnx_fp32", "--qat") == 0
     manifest = manifest_of(models)
     entries = {a["path"]: a for a in manifest["artifacts"]}
     assert entries["model_qat_int8.onnx"]["quantization"] == "qat" and entries["model_qat_int8.onnx"]["passed"]
