@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-FIGURES = ("delta_pp", "agreement")
-
 
 @dataclass(frozen=True)
 class Threshold:
