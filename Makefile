@@ -6,10 +6,10 @@ PIP := $(PY) -m pip
 STAMP_DEPS := pyproject.toml constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help train export test lint format clean
+.PHONY: help train export bench bench-quick test lint format clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "Data: set EDGEPACK_DATA_DIR (e.g. ../shared/data); see README.md."
 
 $(PY):
@@ -26,6 +26,12 @@ train: $(VENV)/.stamp-train ## train both default CNNs (models/<dataset>/model.k
 
 export: $(VENV)/.stamp-train ## export and parity-gate every artifact of both datasets
 	$(PY) -m export --dataset all
+
+bench: $(VENV)/.stamp-train ## CPU latency benchmarks of every artifact -> reports/bench-<dataset>.*
+	$(PY) -m benchmarks
+
+bench-quick: $(VENV)/.stamp-train ## a one-minute smoke run of the benchmarks
+	$(PY) -m benchmarks --quick --out runs/bench-quick
 
 test: $(VENV)/.stamp-train,dev ## run the test suite
 	$(PY) -m pytest

@@ -7,11 +7,9 @@ published release; its candidates and reports land in ``rejected/`` for inspecti
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -30,6 +28,7 @@ from export.report import parity_json, parity_markdown, plot_confusion
 from export.tflite_export import keras_to_tflite
 from runtime.artifacts import MANIFEST, read_manifest, sha256_of
 from runtime.classifier import Classifier
+from runtime.environment import library_versions
 from runtime.metadata import ModelInfo
 from train.datasets import Dataset, load_dataset, model_info
 
@@ -99,27 +98,6 @@ def float_reference(model: keras.Model, pixels: np.ndarray, batch_size: int = 25
             for b in tqdm(batches, desc="float reference", unit=" batch", leave=False)
         ]
     )
-
-
-def library_versions() -> dict[str, str]:
-    names = (
-        "tensorflow",
-        "keras",
-        "tf2onnx",
-        "onnx",
-        "onnxruntime",
-        "ai-edge-litert",
-        "numpy",
-        "tensorflow-model-optimization",
-        "tf-keras",
-    )
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 class _Builder:

@@ -12,7 +12,6 @@ import csv
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from runtime.environment import cpu_name, library_versions
 from train.datasets import Dataset, subset, train_val_split
 from train.models import build_model
 
@@ -82,16 +82,6 @@ def select_strategy() -> tuple[tf.distribute.Strategy, str, bool]:
         return tf.distribute.MirroredStrategy(), f"{len(gpus)} GPU ({', '.join(names)})", True
     keras.mixed_precision.set_global_policy("float32")
     return tf.distribute.get_strategy(), f"CPU ({cpu_name()}, {os.cpu_count()} cores)", False
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _augment(images: tf.Tensor, pad: int) -> tf.Tensor:
@@ -158,15 +148,6 @@ def write_json(path: Path, payload: dict) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     partial.write_text(json.dumps(payload, indent=2) + "\n")
     partial.replace(path)
-
-
-def versions() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def train(config: TrainConfig) -> dict:
@@ -240,7 +221,7 @@ def train(config: TrainConfig) -> dict:
         "wall_time_s": round(wall, 1),
         "device": device,
         "mixed_precision": mixed,
-        "versions": versions(),
+        "versions": library_versions(("tensorflow", "keras", "numpy")),
         "labels": list(data.labels),
         "input_shape": list(data.input_shape),
     }
