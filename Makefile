@@ -4,9 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP_DEPS := pyproject.toml constraints.txt
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help train export bench bench-quick test lint format clean
+.PHONY: help train export bench bench-quick demo browser test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,14 +35,23 @@ bench: $(VENV)/.stamp-train ## CPU latency benchmarks of every artifact -> repor
 bench-quick: $(VENV)/.stamp-train ## a one-minute smoke run of the benchmarks
 	$(PY) -m benchmarks --quick --out runs/bench-quick
 
-test: $(VENV)/.stamp-train,dev ## run the test suite
+demo: $(VENV)/.stamp-demo ## serve the web demo on http://127.0.0.1:7860 (examples from EDGEPACK_DATA_DIR)
+	$(PY) -m demo
+
+# The browser test drives Debian's Chromium; elsewhere this step fails softly and the test skips.
+browser: ## install Debian's chromium for the browser test (once)
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || \
+		echo "warning: could not install chromium; the browser test will be skipped"
+
+test: $(VENV)/.stamp-train,demo,dev browser ## run the test suite
 	$(PY) -m pytest
 
-lint: $(VENV)/.stamp-train,dev ## ruff lint and format check
+lint: $(VENV)/.stamp-train,demo,dev ## ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: $(VENV)/.stamp-train,dev ## apply ruff's fixes and formatting
+format: $(VENV)/.stamp-train,demo,dev ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
