@@ -195,6 +195,7 @@ def build_app(demo: Demo, examples: dict[str, list[Path]], data_dir: Path | None
                             brush=gr.Brush(colors=["#ffffff", "#a0a0a0"], default_size=18),
                             canvas_size=(SKETCH_SIZE, SKETCH_SIZE),
                         )
+                        classify_sketch = gr.Button("Classify the drawing", variant="primary")
                 gr.Markdown(examples_note(examples, data_dir))
                 galleries = {
                     name: gr.Gallery(
@@ -218,7 +219,9 @@ def build_app(demo: Demo, examples: dict[str, list[Path]], data_dir: Path | None
         raw = {"preprocess": False, "concurrency_id": "model"}
         upload.change(demo.classify, [upload, dataset, precision], outputs, api_name="classify", **raw)
         webcam.change(demo.classify, [webcam, dataset, precision], outputs, api_name="classify_webcam", **raw)
-        sketch.change(demo.classify, [sketch, dataset, precision], outputs, api_name="classify_sketch", **raw)
+        # Gradio's editor does not report every stroke as a change, hence the button as well.
+        for event in (sketch.change, classify_sketch.click):
+            event(demo.classify, [sketch, dataset, precision], outputs, api_name="classify_sketch", **raw)
         for choice in (dataset, precision):
             choice.change(demo.classify, [upload, dataset, precision], outputs, api_name=False, **raw)
         for name, gallery in galleries.items():

@@ -100,6 +100,23 @@ def test_bad_upload_is_a_clear_message_and_the_server_keeps_serving(client, exam
     assert label["label"]
 
 
+def test_a_drawing_is_classified_like_the_same_image_file(client, tmp_path):
+    from PIL import ImageDraw
+
+    drawing = Image.new("RGB", (280, 280), "black")
+    pen = ImageDraw.Draw(drawing)
+    pen.rectangle([70, 40, 210, 250], fill="white")  # a pair of trousers, light on black
+    pen.rectangle([125, 130, 155, 250], fill="black")
+    path = tmp_path / "drawing.png"
+    drawing.save(path)
+    editor_value = {"background": None, "layers": [], "composite": handle_file(str(path))}
+    label, seen, _, _ = client.predict(editor_value, "fashion_mnist", "int8", api_name="/classify_sketch")
+    runtime = Classifier.for_dataset("fashion_mnist", "int8", MODELS)
+    assert label["label"] == runtime.classify(path, top_k=1)[0][0][0]
+    with Image.open(seen) as view:  # the model's 28x28 view, enlarged by a whole factor
+        assert view.size == (224, 224)
+
+
 def test_too_large_upload_is_refused(client, tmp_path):
     big = tmp_path / "big.png"
     big.write_bytes(b"\0" * (10 * 1024 * 1024 + 1))
