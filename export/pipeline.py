@@ -258,7 +258,8 @@ def export_dataset(config: ExportConfig) -> Release:
             )
             results.append(result)
         context = _context(config, data, float_accuracy, folder, calibration)
-        _write_reports(staging, results, predictions, data, context)
+        rows = sorted(results + _carried_results(folder, context, results), key=lambda r: _release_rank(r.path))
+        _write_reports(staging, rows, predictions, data, context)
         published = all(r.passed for r in results)
         if published:
             (staging / MANIFEST).write_text(json.dumps(_manifest(folder, staging, results, context), indent=2) + "\n")
@@ -307,6 +308,33 @@ def _write_reports(
         )
 
 
+def _release_rank(filename: str) -> int:
+    """Where a file stands in reports and manifests: the order of ``ARTIFACTS``."""
+    names = [spec.filename for spec in ARTIFACTS.values()]
+    return names.index(filename) if filename in names else len(names)
+
+
+def _carried_results(folder: Path, context: dict, fresh: list[ParityResult]) -> list[ParityResult]:
+    """Rows of the published parity.json that stay true: same model.keras, files not rebuilt now.
+
+    So a run of a few formats (``--formats onnx_fp32 --qat``) still reports the whole release,
+    as its manifest does."""
+    rebuilt = {r.path for r in fresh}
+    try:
+        old = json.loads((folder / "parity.json").read_text())
+        if old.get("source", {}).get("sha256") != context["source"]["sha256"]:
+            return []
+        kept = [
+            row
+            for row in old["artifacts"]
+            if row["path"] not in rebuilt and row.get("passed") and (folder / row["path"]).is_file()
+        ]
+        fields = [{k: v for k, v in row.items() if k != "passed"} for row in kept]  # passed is derived
+        return [ParityResult(**(f | {"threshold": Threshold(**f["threshold"])})) for f in fields]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def _manifest(folder: Path, staging: Path, results: list[ParityResult], context: dict) -> dict:
     """This run's artifacts, plus earlier entries still valid for the same model.keras."""
     entries = []
@@ -334,8 +362,7 @@ def _manifest(folder: Path, staging: Path, results: list[ParityResult], context:
         if old.get("source", {}).get("sha256") == context["source"]["sha256"]:
             fresh = {e["path"] for e in entries}
             entries += [e for e in old["artifacts"] if e["path"] not in fresh and (folder / e["path"]).is_file()]
-    order = list(ARTIFACTS.values())
-    entries.sort(key=lambda e: next((i for i, s in enumerate(order) if s.filename == e["path"]), len(order)))
+    entries.sort(key=lambda e: _release_rank(e["path"]))
     return {
         key: context[key]
         for key in (
