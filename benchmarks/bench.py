@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -76,68 +76,71 @@ def benchmark(folder: Path, config: BenchConfig) -> dict:
     if not contenders:
         raise BenchError(f"{folder}: nothing to benchmark ({'; '.join(skipped) or 'empty folder'})")
     onnx_int8 = folder / "model_int8.onnx"
-    cold = onnx_int8.is_file() and any(c.key == "ort_int8" for c in contenders)
+    cold = any(c.key == "ort_int8" for c in contenders)
     total = len(contenders) * len(config.threads) * len(config.batch_sizes) + (3 * config.cold_runs if cold else 0)
     cells, models, failures = [], {}, []
     with tqdm(total=total, desc=f"bench {folder.name}", unit=" cell") as bar:
         for contender in contenders:
-            path = folder / contender.filename
-            model = models.setdefault(
-                contender.key,
-                {
-                    "label": contender.label,
-                    "runtime": contender.runtime,
-                    "precision": contender.precision,
-                    "file": path.name,
-                    "bytes": path.stat().st_size,
-                    "load_s": None,
-                    "peak_rss_mib": None,
-                },
-            )
-            for threads in config.threads:
-                bar.set_postfix_str(f"{contender.label}, {threads} thread(s)")
-                try:
-                    records = run_worker(contender, path, threads, config, bar.update)
-                except RuntimeError as exc:
-                    log.warning("%s", exc)
-                    failures.append(str(exc))
-                    continue
-                for record in records:
-                    if "batch" in record:
-                        cells.append(
-                            {
-                                "key": contender.key,
-                                "threads": threads,
-                                "batch": record["batch"],
-                                **summarize(record["batch"], record["seconds"]),
-                            }
-                        )
-                        model["load_s"] = min(filter(None, [model["load_s"], record["load_s"]]))
-                    else:
-                        model["peak_rss_mib"] = max(filter(None, [model["peak_rss_mib"], record["peak_rss_mib"]]))
+            models[contender.key] = _measure_contender(contender, folder / contender.filename, config, bar, cells)
+            failures += models[contender.key].pop("failures")
         cold_figures = None
         if cold:
             bar.set_postfix_str("cold start")
-            with tempfile.TemporaryDirectory() as tmp:
-                shape = _input_shape(onnx_int8)
-                image = write_sample_image(Path(tmp) / "sample.png", shape, config.seed)
-                try:
-                    cold_figures = cold_start(onnx_int8, image, config.cold_runs, lambda: bar.update())
-                except RuntimeError as exc:
-                    failures.append(f"cold start: {exc}")
+            try:
+                cold_figures = _measure_cold_start(onnx_int8, config, bar.update)
+            except RuntimeError as exc:
+                failures.append(f"cold start: {exc}")
     return {
         "dataset": folder.name,
         "models_dir": str(folder),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine_info(),
         "versions": library_versions(),
-        "config": {**config.__dict__},
+        "config": asdict(config),
         "models": models,
         "cells": cells,
         "cold_start": cold_figures,
         "skipped": skipped,
         "failures": failures,
     }
+
+
+def _measure_contender(contender: Contender, path: Path, config: BenchConfig, bar: tqdm, cells: list[dict]) -> dict:
+    """Run one contender at every thread setting, appending its cells; its per-model figures.
+
+    Load time is the best over the processes, peak memory the worst."""
+    model = {
+        "label": contender.label,
+        "runtime": contender.runtime,
+        "precision": contender.precision,
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "load_s": None,
+        "peak_rss_mib": None,
+        "failures": [],
+    }
+    for threads in config.threads:
+        bar.set_postfix_str(f"{contender.label}, {threads} thread(s)")
+        try:
+            records = run_worker(contender, path, threads, config, bar.update)
+        except RuntimeError as exc:
+            log.warning("%s", exc)
+            model["failures"].append(str(exc))
+            continue
+        for record in records:
+            if "batch" in record:
+                summary = summarize(record["batch"], record["seconds"])
+                cells.append({"key": contender.key, "threads": threads, "batch": record["batch"], **summary})
+                model["load_s"] = min(filter(None, [model["load_s"], record["load_s"]]))
+            else:
+                model["peak_rss_mib"] = max(filter(None, [model["peak_rss_mib"], record["peak_rss_mib"]]))
+    return model
+
+
+def _measure_cold_start(model: Path, config: BenchConfig, tick) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        image = write_sample_image(Path(tmp) / "sample.png", _input_shape(model), config.seed)
+        return cold_start(model, image, config.cold_runs, lambda: tick())
 
 
 def _input_shape(model: Path) -> tuple[int, int, int]:
