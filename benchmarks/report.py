@@ -188,8 +188,9 @@ def chart(result: dict, path: Path) -> None:
             for k in keys
         ]
         offsets = [j + i * height for j in range(len(keys))]
-        axes[0].barh(offsets, latency, height, label=f"{threads} thread(s)")
-        axes[1].barh(offsets, speed, height, label=f"{threads} thread(s)")
+        for ax, values, fmt in ((axes[0], latency, "{:.3g}"), (axes[1], speed, "{:,.0f}")):
+            bars = ax.barh(offsets, values, height, label=f"{threads} thread(s)")
+            ax.bar_label(bars, labels=[fmt.format(v) if v else "" for v in values], fontsize=7, padding=2)
     for ax, title in zip(axes, ("batch-1 latency, p50 (ms, log)", f"throughput at batch {largest} (images/s, log)")):
         ax.set_yticks([j + height * (len(config["threads"]) - 1) / 2 for j in range(len(keys))], labels)
         ax.set_xscale("log")
