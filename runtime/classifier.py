@@ -101,7 +101,8 @@ class Classifier:
         ]
         if not outputs:
             return np.zeros((0, self.info.num_classes), np.float32)
-        return np.concatenate(outputs).astype(np.float32, copy=False)
+        merged = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        return merged.astype(np.float32, copy=False)
 
     def predict(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
         return self.run(self.pixels(images))

@@ -176,16 +176,21 @@ def to_pixels(source: ImageSource, info: ModelInfo, index: int = 0) -> np.ndarra
 
 
 def normalize(pixels: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """Scale an NxHxWxC uint8 batch and lay it out as the model's input tensor."""
+    """Scale an NxHxWxC uint8 batch and lay it out as the model's input tensor.
+
+    The layout change happens on the uint8 data and the arithmetic in place, so a batch is
+    copied once: this runs on every call, and at batch 1 it is a visible share of the latency.
+    """
+    batch = pixels.transpose(0, 3, 1, 2) if info.layout == "NCHW" else pixels
     if info.dtype == "uint8":
-        batch = pixels
-    else:
-        mean = np.asarray(info.mean, dtype=np.float32)
-        inv_std = 1.0 / np.asarray(info.std, dtype=np.float32)
-        batch = (pixels.astype(np.float32) * np.float32(info.scale) - mean) * inv_std
-    if info.layout == "NCHW":
-        batch = batch.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(batch)
+        return np.ascontiguousarray(batch)
+    out = batch.astype(np.float32, order="C")
+    out *= np.float32(info.scale)
+    if any(info.mean) or any(s != 1 for s in info.std):
+        shape = (1, -1, 1, 1) if info.layout == "NCHW" else (1, 1, 1, -1)
+        out -= np.asarray(info.mean, dtype=np.float32).reshape(shape)
+        out *= (1.0 / np.asarray(info.std, dtype=np.float32)).reshape(shape)
+    return out
 
 
 def as_sources(images: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:
