@@ -140,7 +140,7 @@ def _measure_contender(contender: Contender, path: Path, config: BenchConfig, ba
 def _measure_cold_start(model: Path, config: BenchConfig, tick) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         image = write_sample_image(Path(tmp) / "sample.png", _input_shape(model), config.seed)
-        return cold_start(model, image, config.cold_runs, lambda: tick())
+        return cold_start(model, image, config.cold_runs, tick)
 
 
 def _input_shape(model: Path) -> tuple[int, int, int]:

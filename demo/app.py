@@ -19,11 +19,12 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from demo.examples import DATA_DIR_ENV, DATASETS, example_label
+from demo.examples import DATASETS, example_label
 from runtime.artifacts import MANIFEST, manifest_entry
 from runtime.classifier import Classifier
 from runtime.errors import InputError, ModelError
 from runtime.preprocess import decode_image, fit_image, read_image_bytes
+from train.datasets import DATA_DIR_ENV
 
 log = logging.getLogger(__name__)
 

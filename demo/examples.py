@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from train.datasets import DATA_DIR_ENV, REGISTRY, DataError, cache_dir
+
 log = logging.getLogger(__name__)
 
-DATA_DIR_ENV = "EDGEPACK_DATA_DIR"
 DATASETS = ("fashion_mnist", "cifar10")
 
 
@@ -31,7 +32,7 @@ def data_dir_from(arg: str | os.PathLike | None) -> Path | None:
 
 def examples_cache(data_dir: Path) -> Path:
     key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgepack" / "demo-examples" / key
+    return cache_dir() / "demo-examples" / key
 
 
 def first_of_each_class(y: np.ndarray, num_classes: int) -> list[int]:
@@ -55,8 +56,6 @@ def example_label(path: Path, labels: tuple[str, ...] | list[str]) -> str:
 
 def write_examples(name: str, data_dir: Path, folder: Path) -> list[Path]:
     """PNG files of one test image per class of ``name``, or none if the data is not there."""
-    from train.datasets import REGISTRY, DataError
-
     target = folder / name
     existing = sorted(target.glob("*.png"))
     if existing:
