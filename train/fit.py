@@ -14,14 +14,15 @@ import logging
 import os
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from runtime.environment import cpu_name, library_versions
+from train.batches import Augment, Batches
 from train.datasets import Dataset, subset, train_val_split
 from train.models import build_model
 
@@ -35,7 +36,7 @@ class Recipe:
     epochs: int
     learning_rate: float
     optimizer: str = "sgd"
-    translate: int = 3  # pixels of random translation (with horizontal flips); 0 turns augmentation off
+    augment: Augment = Augment(translate=3, flip=True)
     label_smoothing: float = 0.1
     weight_decay: float = 5e-4
     warmup_epochs: int = 2
@@ -46,13 +47,15 @@ RECIPES = {
         epochs=10,
         learning_rate=1e-3,
         optimizer="adam",
-        translate=0,
+        augment=Augment(),
         label_smoothing=0.0,
         weight_decay=0.0,
         warmup_epochs=0,
     ),
     "edge_vgg": Recipe(epochs=30, learning_rate=0.05),
-    "edge_resnet": Recipe(epochs=40, learning_rate=0.05),
+    "edge_resnet": Recipe(
+        epochs=160, learning_rate=0.05, weight_decay=5e-3, augment=Augment(translate=4, flip=True, cutout=16)
+    ),
 }
 
 
@@ -73,41 +76,46 @@ class TrainConfig:
         return RECIPES[self.arch]
 
 
-def select_strategy() -> tuple[tf.distribute.Strategy, str, bool]:
-    """All local GPUs with mixed precision when present, else the CPU; no flag needed."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-        keras.mixed_precision.set_global_policy("mixed_float16")
-        return tf.distribute.MirroredStrategy(), f"{len(gpus)} GPU ({', '.join(names)})", True
-    keras.mixed_precision.set_global_policy("float32")
-    return tf.distribute.get_strategy(), f"CPU ({cpu_name()}, {os.cpu_count()} cores)", False
+def select_device() -> tuple[AbstractContextManager, str, bool]:
+    """All local GPUs with mixed precision when present, else the CPU; no flag needed.
+
+    Returns the scope to build the model in (TensorFlow's multi-GPU strategy; JAX places
+    the model itself), the device in words, and whether mixed precision is on.
+    """
+    gpus = _gpu_names()
+    if not gpus:
+        keras.mixed_precision.set_global_policy("float32")
+        return nullcontext(), f"CPU ({cpu_name()}, {os.cpu_count()} cores)", False
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    scope = nullcontext()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        scope = tf.distribute.MirroredStrategy().scope()
+    return scope, f"{len(gpus)} GPU ({', '.join(gpus)})", True
 
 
-def _augment(images: tf.Tensor, pad: int) -> tf.Tensor:
-    """Random translation (reflect-padded crop) and horizontal flip of a batch."""
-    shape = tf.shape(images)
-    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    cropped = tf.image.random_crop(padded, shape)
-    return tf.image.random_flip_left_right(cropped)
+def _gpu_names() -> list[str]:
+    """The local GPUs the active Keras backend can use, by name."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+    if backend == "jax":
+        import jax
+
+        return [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    return []
 
 
-def make_pipeline(
-    x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, training: bool, translate: int, seed: int
-) -> tf.data.Dataset:
-    """uint8 images and integer labels -> batches of [0, 1] floats and one-hot targets."""
-    data = tf.data.Dataset.from_tensor_slices((x, y))
-    if training:
-        data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    data = data.batch(batch_size, drop_remainder=training)
+def _make_deterministic(seed: int) -> None:
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
-    def prepare(images, labels):
-        images = tf.cast(images, tf.float32) / 255.0
-        if training and translate:
-            images = _augment(images, translate)
-        return images, tf.one_hot(labels, num_classes)
-
-    return data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        tf.config.experimental.enable_op_determinism()
 
 
 def _optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
@@ -152,9 +160,8 @@ def write_json(path: Path, payload: dict) -> None:
 
 def train(config: TrainConfig) -> dict:
     """Train, select the best epoch on validation, evaluate on test, and write the outputs."""
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
-    strategy, device, mixed = select_strategy()
+    _make_deterministic(config.seed)
+    scope, device, mixed = select_device()
     log.info(
         "training %s on %s with %s%s", config.arch, config.dataset.name, device, " (mixed precision)" if mixed else ""
     )
@@ -164,9 +171,12 @@ def train(config: TrainConfig) -> dict:
     epochs = config.epochs or (2 if config.quick else recipe.epochs)
     (x_train, y_train), (x_val, y_val) = train_val_split(data.x_train, data.y_train, config.val_fraction, config.seed)
     k = data.num_classes
-    train_ds = make_pipeline(x_train, y_train, k, config.batch_size, True, recipe.translate, config.seed)
-    val_ds = make_pipeline(x_val, y_val, k, config.batch_size, False, 0, config.seed)
-    test_ds = make_pipeline(data.x_test, data.y_test, k, config.batch_size, False, 0, config.seed)
+    workers = min(4, os.cpu_count() or 1)
+    train_ds = Batches(
+        x_train, y_train, k, config.batch_size, training=True, augment=recipe.augment, seed=config.seed, workers=workers
+    )
+    val_ds = Batches(x_val, y_val, k, config.batch_size, workers=workers)
+    test_ds = Batches(data.x_test, data.y_test, k, config.batch_size)
 
     out = config.out_dir
     ckpt = out / "checkpoints"
@@ -178,7 +188,7 @@ def train(config: TrainConfig) -> dict:
     if config.resume and not (ckpt / "backup").exists():
         log.warning("nothing to resume in %s: starting from epoch 1", ckpt)
 
-    with strategy.scope():
+    with scope:
         model = build_model(config.arch, data.input_shape, k)
         model.compile(
             optimizer=_optimizer(recipe, len(x_train) // config.batch_size, epochs),
@@ -221,7 +231,8 @@ def train(config: TrainConfig) -> dict:
         "wall_time_s": round(wall, 1),
         "device": device,
         "mixed_precision": mixed,
-        "versions": library_versions(("tensorflow", "keras", "numpy")),
+        "backend": keras.backend.backend(),
+        "versions": library_versions((keras.backend.backend(), "keras", "numpy")),
         "labels": list(data.labels),
         "input_shape": list(data.input_shape),
     }
@@ -249,12 +260,8 @@ def _float32_copy(arch: str, data: Dataset, source: keras.Model | Path) -> keras
     return model
 
 
-def evaluate(model: keras.Model, test: tf.data.Dataset) -> tuple[float, float]:
+def evaluate(model: keras.Model, test: Batches) -> tuple[float, float]:
     """Test accuracy and plain (unsmoothed) cross-entropy."""
-    probabilities, targets = [], []
-    for images, onehot in test:
-        probabilities.append(model(images, training=False).numpy())
-        targets.append(onehot.numpy().argmax(1))
-    p, y = np.concatenate(probabilities), np.concatenate(targets)
+    p, y = model.predict(test, verbose=0), test.y
     loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))))
     return float(np.mean(p.argmax(1) == y)), loss
