@@ -1,4 +1,4 @@
-"""Fitting a model: device strategy, input pipeline, schedule, checkpoints and final outputs.
+"""Fitting a model: device and backend, schedule, checkpoints and final outputs (batches: train/batches.py).
 
 A run writes into ``<out>/<dataset>/``: ``model.keras`` (float32, atomically), ``history.json``,
 ``metrics.json`` and, while it runs, ``checkpoints/`` (a backup every epoch for ``--resume``, the
@@ -191,7 +191,7 @@ def train(config: TrainConfig) -> dict:
     with scope:
         model = build_model(config.arch, data.input_shape, k)
         model.compile(
-            optimizer=_optimizer(recipe, len(x_train) // config.batch_size, epochs),
+            optimizer=_optimizer(recipe, len(train_ds), epochs),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
             metrics=["accuracy"],
         )
