@@ -10,7 +10,10 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from demo.uploads import parse_size  # noqa: E402
+
 DEFAULT_MAX_FILE_SIZE = "10mb"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,11 +28,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models-dir", type=Path, help="release folder (default: $EDGEPACK_MODELS_DIR or models/)")
     parser.add_argument("--data-dir", help="datasets folder for the examples (default: $EDGEPACK_DATA_DIR)")
     parser.add_argument(
-        "--max-file-size", default=DEFAULT_MAX_FILE_SIZE, help=f"largest upload (default: {DEFAULT_MAX_FILE_SIZE})"
+        "--max-file-size",
+        default=DEFAULT_MAX_FILE_SIZE,
+        help=f"largest image accepted on any route, uploads and inline data alike (default: {DEFAULT_MAX_FILE_SIZE})",
+    )
+    parser.add_argument(
+        "--auth-file",
+        type=Path,
+        help="ask for a login: a file of USER:PASSWORD lines (keep it private; use it whenever --host is not local)",
     )
     parser.add_argument("--concurrency", type=int, default=4, help="requests run at once (default: 4)")
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting at most (default: 64)")
     args = parser.parse_args(argv)
+    try:
+        args.max_file_size = parse_size(args.max_file_size)
+    except ValueError as exc:
+        parser.error(f"--max-file-size: {exc}")
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
     if args.concurrency < 1 or args.queue_size < 1:
@@ -41,9 +55,10 @@ def create(args: argparse.Namespace):
     """The app, queued and ready to launch, plus the folders it may serve files from."""
     from demo.app import Demo, build_app, load_models
     from demo.examples import data_dir_from, find_examples
+    from demo.uploads import UploadPolicy
     from runtime.artifacts import default_models_dir
 
-    demo = Demo(load_models(args.models_dir or default_models_dir()))
+    demo = Demo(load_models(args.models_dir or default_models_dir()), UploadPolicy.for_gradio(args.max_file_size))
     data_dir = data_dir_from(args.data_dir)
     examples = find_examples(data_dir)
     app = build_app(demo, examples, data_dir)
@@ -52,8 +67,34 @@ def create(args: argparse.Namespace):
     return app, folders
 
 
+def read_auth_file(path: Path) -> list[tuple[str, str]]:
+    """``USER:PASSWORD`` lines (blank lines and ``#`` comments skipped) for Gradio's login page."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the auth file ({exc})") from None
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, sep, password = line.strip().partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"{path}:{number}: expected USER:PASSWORD")
+        pairs.append((user, password))
+    if not pairs:
+        raise ValueError(f"{path}: no USER:PASSWORD line")
+    return pairs
+
+
 def launch(app, folders: list[str], args: argparse.Namespace, block: bool = True):
+    auth = read_auth_file(args.auth_file) if args.auth_file else None
+    if auth is None and (args.share or args.host not in LOCAL_HOSTS):
+        logging.getLogger("demo").warning(
+            "serving beyond this machine without a login: anyone who reaches %s can use the demo (see --auth-file)",
+            "the public link" if args.share else f"{args.host}:{args.port}",
+        )
     return app.launch(
+        auth=auth,
         server_name=args.host,
         server_port=args.port,
         share=args.share,
@@ -78,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         launch(app, folders, args)
+    except ValueError as exc:  # a bad auth file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # port taken, address not available
         print(f"error: cannot serve on {args.host}:{args.port} ({exc})", file=sys.stderr)
         return 2

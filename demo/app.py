@@ -9,7 +9,6 @@ runtime's one-line reason.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -20,10 +19,11 @@ import gradio as gr
 import numpy as np
 
 from demo.examples import DATASETS, example_label
+from demo.uploads import UploadPolicy
 from runtime.artifacts import MANIFEST, manifest_entry
 from runtime.classifier import Classifier
 from runtime.errors import InputError, ModelError
-from runtime.preprocess import decode_image, fit_image, read_image_bytes
+from runtime.preprocess import decode_image, fit_image
 from train.datasets import DATA_DIR_ENV
 
 log = logging.getLogger(__name__)
@@ -75,29 +75,6 @@ def load_models(models_dir: Path) -> dict[tuple[str, str], LoadedModel]:
     return found
 
 
-def payload_file(payload: dict | str | None, name: str = "image") -> tuple[str, bytes] | None:
-    """The name and bytes of the file behind a raw Gradio image payload (upload, webcam, or a
-    sketch's composite); None when the input is empty. Errors name the user's file, not the
-    server's temporary copy."""
-    if payload is None:
-        return None
-    if isinstance(payload, dict) and "composite" in payload:
-        return payload_file(payload.get("composite"), "sketch")
-    if isinstance(payload, str):
-        payload = {"path": payload}
-    name = payload.get("orig_name") or name
-    url = payload.get("url") or ""
-    if url.startswith("data:"):
-        return name, base64.b64decode(url.split(",", 1)[1])
-    path = payload.get("path")
-    if not path:
-        return None
-    try:
-        return name, read_image_bytes(path)
-    except InputError as exc:
-        raise InputError(str(exc).replace(str(path), name)) from None
-
-
 def enlarge(pixels: np.ndarray) -> np.ndarray:
     """HxWxC uint8 -> a bigger copy in which every model pixel is a visible square."""
     factor = max(1, VIEW_SIZE // max(pixels.shape[:2]))
@@ -108,8 +85,9 @@ def enlarge(pixels: np.ndarray) -> np.ndarray:
 class Demo:
     """The handlers behind the page, kept apart from the layout so they can be tested directly."""
 
-    def __init__(self, models: dict[tuple[str, str], LoadedModel]) -> None:
+    def __init__(self, models: dict[tuple[str, str], LoadedModel], uploads: UploadPolicy) -> None:
         self.models = models
+        self.uploads = uploads
 
     @property
     def datasets(self) -> list[str]:
@@ -130,7 +108,7 @@ class Demo:
         """Top classes, the model's-eye view, the latency line and the model card."""
         loaded = self.model(dataset, precision)
         try:
-            file = payload_file(image)
+            file = self.uploads.read(image)
             if file is None:
                 return None, None, "", loaded.card
             name, data = file

@@ -47,7 +47,7 @@ def source_name(source: ImageSource, index: int = 0) -> str:
     return f"<{type(source).__name__} #{index}>"
 
 
-def read_image_bytes(path: str | os.PathLike) -> bytes:
+def read_image_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """Read an image file, refusing what cannot be an image before reading it whole."""
     name = os.fspath(path)
     try:
@@ -56,8 +56,8 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
             raise InputError(f"{name}: is a directory, not an image")
         if size == 0:
             raise InputError(f"{name}: empty file")
-        if size > MAX_FILE_BYTES:
-            raise InputError(f"{name}: file too large ({size} bytes, limit {MAX_FILE_BYTES})")
+        if size > max_bytes:
+            raise InputError(f"{name}: file too large ({size} bytes, limit {max_bytes})")
         with open(name, "rb") as handle:
             return handle.read()
     except FileNotFoundError:

@@ -3,8 +3,12 @@ headless Chromium; every answer is checked against the true label and the runtim
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import os
 import socket
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -122,6 +126,103 @@ def test_too_large_upload_is_refused(client, tmp_path):
     big.write_bytes(b"\0" * (10 * 1024 * 1024 + 1))
     with pytest.raises(Exception, match="maximum file size"):
         classify(client, big, "fashion_mnist")
+
+
+def raw_call(server: str, endpoint: str, payload: object, dataset: str = "cifar10") -> tuple[str, object]:
+    """A hand-made request, as curl would send it: POST the data, then read the event stream.
+
+    Returns the stream's final event ("complete" or "error") and its data."""
+    body = json.dumps({"data": [payload, dataset, "int8"]}).encode()
+    request = urllib.request.Request(
+        f"{server}gradio_api/call/{endpoint}", body, {"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{server}gradio_api/call/{endpoint}/{event_id}", timeout=60) as response:
+        lines = response.read().decode().splitlines()
+    event = [line.split(": ", 1)[1] for line in lines if line.startswith("event: ")][-1]
+    data = [line.split(": ", 1)[1] for line in lines if line.startswith("data: ")][-1]
+    return event, json.loads(data) if data not in ("", "null") else None
+
+
+def png_bytes(size: tuple[int, int] = (32, 32), colour=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("endpoint", ["classify", "classify_webcam", "classify_sketch"])
+def test_a_server_file_named_by_a_client_is_never_opened(server, examples, tmp_path, endpoint):
+    image = examples["cifar10"][7]  # a real image readable by the server, outside the upload folder
+    missing = tmp_path / "no-such-file.png"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for clients")
+    answers = []
+    for path in (image, missing, secret, Path("/etc/passwd")):
+        payload = {"path": str(path)}
+        if endpoint == "classify_sketch":
+            payload = {"background": None, "layers": [], "composite": payload}
+        event, data = raw_call(server, endpoint, payload)
+        assert event == "error", (path, data)  # no prediction, no preview
+        answers.append(json.dumps(data).replace(str(path), "PATH"))  # the client's own words may come back
+    if endpoint != "classify_sketch":  # Gradio itself refuses an editor value without its meta marker
+        assert all("not a file uploaded to this server" in a for a in answers), answers
+        assert len(set(answers)) == 1  # the same words whether the file exists or not
+    event, _ = raw_call(server, endpoint, str(image))  # a bare string payload gets the same treatment
+    assert event == "error"
+
+
+def test_a_link_or_dot_dot_out_of_the_upload_folder_is_refused(server, examples):
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder())
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / f"edgepack-test-link-{os.getpid()}.png"
+    link.unlink(missing_ok=True)
+    link.symlink_to(examples["cifar10"][7])
+    try:
+        for path in (link, folder / ".." / ".." / Path(examples["cifar10"][7]).relative_to("/")):
+            event, data = raw_call(server, "classify", {"path": str(path)})
+            assert event == "error" and "not a file uploaded to this server" in json.dumps(data)
+    finally:
+        link.unlink()
+
+
+def test_inline_data_urls_obey_the_same_size_limit(server, client, examples):
+    small = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    event, data = raw_call(server, "classify", {"url": small, "orig_name": "red.png"})
+    assert event == "complete" and data[0]["label"]  # a small inline image is classified
+    big = "data:image/png;base64," + "A" * (11 * 1024 * 1024 * 4 // 3)  # 11 MiB decoded, over the 10mb limit
+    event, data = raw_call(server, "classify", {"url": big, "orig_name": "big.png"})
+    assert event == "error" and "file too large" in json.dumps(data)
+    event, data = raw_call(server, "classify", {"url": "https://example.com/cat.png"})
+    assert event == "error" and "not URLs" in json.dumps(data)
+    label, _, _ = classify(client, examples["cifar10"][0], "cifar10")  # still serving
+    assert label["label"]
+
+
+def test_upload_policy_limits_on_their_own(tmp_path):
+    from demo.uploads import UploadPolicy, parse_size
+    from runtime.errors import InputError
+
+    assert parse_size("10mb") == 10 * 1024**2 and parse_size("512 KiB") == 512 * 1024 and parse_size(7) == 7
+    with pytest.raises(ValueError):
+        parse_size("ten")
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    inside = folder / "a.png"
+    inside.write_bytes(png_bytes((8, 8)))
+    policy = UploadPolicy(folder.resolve(), max_bytes=len(inside.read_bytes()))
+    assert policy.read({"path": str(inside), "orig_name": "mine.png"}) == ("mine.png", inside.read_bytes())
+    assert policy.read(None) is None and policy.read({"path": None}) is None
+    assert not policy.allows(folder) and not policy.allows(tmp_path / "uploads-sibling" / "a.png")
+    tight = UploadPolicy(folder.resolve(), max_bytes=10)
+    with pytest.raises(InputError, match="mine.png: file too large"):
+        tight.read({"path": str(inside), "orig_name": "mine.png"})
+    with pytest.raises(InputError, match="malformed inline data"):
+        policy.read({"url": "data:image/png;base64,@@@@"})
+    with pytest.raises(InputError, match="not a file payload"):
+        policy.read(42)
 
 
 def test_twenty_concurrent_requests_all_succeed(server, examples):
