@@ -1,4 +1,4 @@
-"""Keras -> ONNX: fp32 with tf2onnx, int8 with ONNX Runtime static quantization (QDQ).
+"""Keras -> ONNX fp32 with tf2onnx (int8 is ``export.quantize``'s).
 
 The ONNX graph takes NCHW input: tf2onnx then pushes the layout change through the whole
 convolutional graph, so ONNX Runtime runs no Transpose at all (checked by :func:`count_ops`).
@@ -8,8 +8,6 @@ BatchNorm is folded into the convolutions by tf2onnx's optimizer.
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -17,23 +15,14 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 from onnx import helper, numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
-from tqdm import tqdm
 
 from runtime.metadata import METADATA_KEY, ModelInfo
-from runtime.preprocess import normalize
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-CALIBRATION_METHODS = {
-    "minmax": CalibrationMethod.MinMax,
-    "entropy": CalibrationMethod.Entropy,
-    "percentile": CalibrationMethod.Percentile,
-}
 
 
 def inference_function(model: keras.Model) -> tf.types.experimental.GenericFunction:
@@ -130,44 +119,3 @@ def count_ops(proto: onnx.ModelProto) -> dict[str, int]:
     for node in proto.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
-
-
-class _PixelReader(CalibrationDataReader):
-    """Feeds calibration images through the runtime's own normalization, in batches."""
-
-    def __init__(self, pixels: np.ndarray, info: ModelInfo, batch_size: int = 64) -> None:
-        self._batches = iter(
-            tqdm(
-                [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)],
-                desc="calibrating",
-                unit=" batch",
-                leave=False,
-            )
-        )
-        self._info = info
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: normalize(batch, self._info)}
-
-
-def quantize_onnx(fp32: onnx.ModelProto, calibration: np.ndarray, info: ModelInfo, method: str) -> onnx.ModelProto:
-    """Static QDQ quantization: per-channel int8 weights, uint8 activations, calibrated on ``calibration``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source, prepared, quantized = (Path(tmp) / n for n in ("fp32.onnx", "prep.onnx", "int8.onnx"))
-        onnx.save(fp32, source)
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
-        quantize_static(
-            str(prepared),
-            str(quantized),
-            _PixelReader(calibration, info),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CALIBRATION_METHODS[method],
-        )
-        proto = onnx.load(quantized)
-    set_metadata(proto, info)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -23,6 +24,18 @@ def default_models_dir() -> Path:
     if os.environ.get(MODELS_DIR_ENV):
         return Path(os.environ[MODELS_DIR_ENV])
     return Path(__file__).resolve().parent.parent / "models"
+
+
+def json_safe(value):
+    """``value`` with every non-finite float (NaN, infinity) replaced by None, so that the JSON
+    written is valid for strict parsers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def sha256_of(path: Path) -> str:

@@ -27,7 +27,7 @@ def test_translate_is_a_window_of_the_reflected_image(images):
 
 
 def test_flip_mirrors_about_half_and_leaves_the_rest(images):
-    flipped = flip(images.copy(), np.random.default_rng(2))
+    flipped = flip(images.copy(), np.random.default_rng(2).random(len(images)) < 0.5)
     mirrored = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images, strict=True)]
     unchanged = [np.array_equal(f, i) for f, i in zip(flipped, images, strict=True)]
     assert all(m or u for m, u in zip(mirrored, unchanged, strict=True))

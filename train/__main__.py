@@ -34,10 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--arch",
         choices=sorted(ARCHITECTURES),
-        help="architecture (default: edge_vgg for fashion_mnist, edge_resnet for cifar10)",
+        help="architecture (default: edge_airbench)",
     )
     parser.add_argument("--epochs", type=int, help="epochs (default: the architecture's recipe)")
-    parser.add_argument("--batch-size", type=int, default=128, help="global batch size (default: 128)")
+    parser.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's, 512 or 128)")
     parser.add_argument("--seed", type=int, default=42, help="random seed; runs are deterministic (default: 42)")
     parser.add_argument(
         "--val-fraction",
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     if not 0 < args.val_fraction < 1:
         parser.error("--val-fraction must be between 0 and 1")
     return args

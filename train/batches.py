@@ -21,15 +21,17 @@ class Augment:
     """Per-image random transforms of the training batches; zeros turn each one off."""
 
     translate: int = 0  # pixels of random translation (reflect-padded crop)
-    flip: bool = False  # random horizontal flips
+    flip: bool = False  # horizontal flips of half the images
+    alternate_flip: bool = False  # flip each image every other epoch (airbench) instead of at random
     cutout: int = 0  # side of a square patch set to CUTOUT_FILL at a random centre (may overhang the border)
 
-    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A freshly transformed copy of a batch of [0, 1] float images."""
+    def __call__(self, images: np.ndarray, rng: np.random.Generator, flips: np.ndarray | None = None) -> np.ndarray:
+        """A freshly transformed copy of a batch of [0, 1] float images; ``flips`` (a mask)
+        overrides the random choice of images to mirror."""
         if self.translate:
             images = translate(images, self.translate, rng)
         if self.flip:
-            images = flip(images, rng)
+            images = flip(images, rng.random(len(images)) < 0.5 if flips is None else flips)
         if self.cutout:
             images = cutout(images, self.cutout, rng)
         return images
@@ -44,9 +46,8 @@ def translate(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndar
     return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Mirror a random half of the images left to right."""
-    chosen = rng.random(len(images)) < 0.5
+def flip(images: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Mirror the chosen images left to right."""
     images[chosen] = images[chosen, :, ::-1]
     return images
 
@@ -67,6 +68,10 @@ class Batches(keras.utils.PyDataset):
 
     Training batches are reshuffled every epoch, augmented, and the last partial batch is dropped
     (a tiny last batch would skew batch-norm statistics); evaluation batches keep order and all images.
+    A resumed run starts at ``first_epoch``, so it sees the batches the interrupted run would have.
+
+    With alternating flips, each image is mirrored in every other epoch, starting from a seeded
+    coin toss per image: over two epochs the network sees both sides of every image.
     """
 
     def __init__(
@@ -80,13 +85,15 @@ class Batches(keras.utils.PyDataset):
         augment: Augment = Augment(),
         seed: int = 0,
         workers: int = 1,
+        first_epoch: int = 0,
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=False)
         self.x, self.y = x, y
         self.num_classes, self.batch_size = num_classes, batch_size
         self.training, self.augment, self.seed = training, augment, seed
-        self.epoch = 0
+        self.epoch = first_epoch
         self.order = self._order()
+        self.first_flips = np.random.default_rng([seed, 1 << 20]).random(len(x)) < 0.5
 
     def _order(self) -> np.ndarray:
         if not self.training:
@@ -102,7 +109,8 @@ class Batches(keras.utils.PyDataset):
         chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         images = self.x[chosen].astype(np.float32) / np.float32(255.0)
         if self.training:
-            images = self.augment(images, np.random.default_rng([self.seed, self.epoch, index]))
+            flips = self.first_flips[chosen] ^ bool(self.epoch % 2) if self.augment.alternate_flip else None
+            images = self.augment(images, np.random.default_rng([self.seed, self.epoch, index]), flips)
         return images, np.eye(self.num_classes, dtype=np.float32)[self.y[chosen]]
 
     def on_epoch_end(self) -> None:
