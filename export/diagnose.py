@@ -113,10 +113,10 @@ def channel_noise(reference: np.ndarray, restored: np.ndarray, axis: int) -> tup
     restored = np.moveaxis(np.asarray(restored, np.float64), axis, 0).reshape(channels, -1)
     power = np.mean(reference**2, axis=1)
     noise = float(np.mean((reference - restored) ** 2))
-    if not np.any(power > 0):
+    live = power[power > 0]  # channels a ReLU silenced on every image carry no signal to lose
+    if not live.size:
         return 0.0, 0.0
-    typical = float(np.median(power))
-    return (noise / typical if typical > 0 else math.inf), noise / float(np.mean(power))
+    return noise / float(np.median(live)), noise / float(np.mean(power))
 
 
 def quantizer_error(values: np.ndarray, scale: float, zero_point: int, dtype, axis: int) -> tuple[float, float]:
@@ -128,9 +128,7 @@ def quantizer_error(values: np.ndarray, scale: float, zero_point: int, dtype, ax
 
 
 def _db(noise_ratio: float) -> float:
-    if noise_ratio <= 0:
-        return math.inf
-    return -math.inf if math.isinf(noise_ratio) else -10.0 * math.log10(noise_ratio)
+    return math.inf if noise_ratio <= 0 else -10.0 * math.log10(noise_ratio)
 
 
 def onnx_layer_errors(prepared: Path, int8_path: Path, images: np.ndarray, info: ModelInfo) -> list[LayerError]:

@@ -110,3 +110,111 @@ def int8_model(exported_models) -> Path:
 @pytest.fixture(scope="session")
 def fp32_model(exported_models) -> Path:
     return exported_models / "fashion_mnist" / "model_fp32.onnx"
+
+
+PATTERN_CLASSES = ("checks", "hstripes", "rings", "vstripes")
+
+
+def pattern_image(kind: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A noisy, randomly coloured and phased pattern of class ``kind`` (uint8 HxWx3)."""
+    y, x = np.mgrid[0:size, 0:size]
+    period, phase = rng.uniform(3, 6), rng.uniform(0, 2 * np.pi)
+    waves = {
+        0: np.sign(np.sin(2 * x / period + phase) * np.sin(2 * y / period + phase)),
+        1: np.sin(2 * y / period + phase),
+        2: np.sin(2 * np.hypot(x - size / 2, y - size / 2) / period + phase),
+        3: np.sin(2 * x / period + phase),
+    }
+    image = 0.5 + 0.4 * waves[kind][..., None] * rng.uniform(0.3, 1.0, 3) + rng.normal(0, 0.08, (size, size, 3))
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def pattern_folder(tmp_path_factory) -> Path:
+    """A user's image-folder dataset: train/<class>/*.png and test/<class>/*.png, four classes."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("patterns")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 250), ("test", 250)):
+        for kind, name in enumerate(PATTERN_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(pattern_image(kind, rng)).save(folder / f"{i:03d}.png")
+    return root
+
+
+def fit_user_model(model, folder: Path, epochs: int):
+    """Train a user's model the way a user would: Keras fit on the decoded folder, raw 0..255 pixels."""
+    import keras
+
+    from train.datasets import load_image_folder
+
+    data = load_image_folder(folder)
+    keras.utils.set_random_seed(0)
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(data.x_train.astype("float32"), data.y_train, epochs=epochs, batch_size=32, verbose=0)
+    return data
+
+
+@pytest.fixture(scope="session")
+def mobilenet_model(tmp_path_factory, pattern_folder) -> Path:
+    """keras.applications MobileNetV2 (alpha 0.35, 32x32, weights=None) inside a functional model that
+    takes raw 0..255 pixels and scales them itself with Rescaling(1/127.5, offset=-1), as
+    include_preprocessing models do."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.RandomFlip("horizontal")(inputs)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
+    base = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None, pooling="avg"
+    )
+    for layer in base.layers:  # so that moving statistics settle within seconds of training
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    x = keras.layers.Dropout(0.2)(base(x))
+    model = keras.Model(inputs, keras.layers.Dense(len(PATTERN_CLASSES), activation="softmax")(x))
+    fit_user_model(model, pattern_folder, epochs=15)
+    path = tmp_path_factory.mktemp("user") / "mobilenet.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def nested_model(tmp_path_factory, pattern_folder) -> Path:
+    """A functional model nesting another, with the ops users' models have: Rescaling, augmentation,
+    separable and depthwise convolutions, residual Add, Concatenate, ReLU6, hard-swish, swish,
+    global pooling, Dropout; 40x40 input (the data is 32x32) and logits out (no softmax)."""
+    import keras
+    from keras import layers
+
+    inner_in = keras.Input((40, 40, 3))
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False)(inner_in)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU(max_value=6)(x)
+    y = layers.SeparableConv2D(16, 3, padding="same", activation="hard_swish")(x)
+    x = layers.Add()([x, y])
+    z = layers.DepthwiseConv2D(3, padding="same", activation="swish")(x)
+    x = layers.Concatenate()([x, z])
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+    inner = keras.Model(inner_in, layers.GlobalAveragePooling2D()(x), name="backbone")
+    inputs = keras.Input((40, 40, 3))
+    x = layers.RandomTranslation(0.1, 0.1)(inputs)
+    x = layers.Rescaling(1 / 255)(x)
+    x = layers.Dropout(0.1)(inner(x))
+    model = keras.Model(inputs, layers.Dense(len(PATTERN_CLASSES))(x), name="nested")
+    from runtime.metadata import ModelInfo
+    from runtime.preprocess import to_pixels
+    from train.datasets import load_image_folder
+
+    data = load_image_folder(pattern_folder)
+    sized = to_pixels(data.x_train, ModelInfo(labels=PATTERN_CLASSES, height=40, width=40, channels=3))
+    keras.utils.set_random_seed(0)
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(sized.astype("float32"), data.y_train, epochs=10, batch_size=32, verbose=0)
+    path = tmp_path_factory.mktemp("user") / "nested.keras"
+    model.save(path)
+    return path

@@ -1,0 +1,133 @@
+"""Accuracy-aware int8: an outlier channel breaks plain post-training int8, the loop repairs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from export.__main__ import main
+from export.equalize import equalize, find_pairs
+from export.outlier_copy import add_outlier_channel
+from tests.conftest import ROOT
+
+FORMATS = "onnx_fp32,onnx_int8,tflite_fp32,tflite_int8"
+
+
+def sqnr(error: dict) -> float:
+    """A reported SQNR; strict JSON writes a lossless tensor's infinite one as null."""
+    return float("inf") if error["sqnr_db"] is None else error["sqnr_db"]
+
+
+@pytest.fixture(scope="module")
+def outlier_model(trained_models, tmp_path_factory):
+    """The session's small Fashion-MNIST CNN with one channel scaled by 1000 (same float function)."""
+    source = trained_models / "fashion_mnist" / "model.keras"
+    path = tmp_path_factory.mktemp("outlier") / "outlier.keras"
+    result = subprocess.run(
+        [sys.executable, "-m", "export.outlier_copy", str(source), str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "float outputs changed by at most" in result.stdout
+    return path
+
+
+def export_outlier(model, data_dir, out, *extra) -> dict:
+    code = main(
+        [
+            "--model",
+            str(model),
+            "--dataset",
+            "fashion_mnist",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--formats",
+            FORMATS,
+            *extra,
+        ]
+    )
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    return {"code": code, "manifest": manifest, "entries": {e["path"]: e for e in manifest.get("artifacts", [])}}
+
+
+def test_the_outlier_copy_computes_what_the_original_does(trained_models, outlier_model):
+    original = keras.models.load_model(trained_models / "fashion_mnist" / "model.keras", compile=False)
+    copy = keras.models.load_model(outlier_model, compile=False)
+    probe = np.random.default_rng(0).random((16, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(copy(probe), original(probe), atol=1e-5)
+    assert max(np.abs(w).max() for w in copy.get_weights()) > 100 * max(np.abs(w).max() for w in original.get_weights())
+
+
+def test_plain_int8_fails_on_the_outlier_channel(outlier_model, small_data_dir, tmp_path):
+    out = tmp_path / "plain"
+    run = export_outlier(outlier_model, small_data_dir, out, "--no-accuracy-control")
+    assert run["code"] == 1
+    assert set(run["entries"]) == {"model_fp32.onnx", "model_fp32.tflite"}  # the float ones still ship
+    report = (out / "rejected" / "parity.md").read_text()
+    assert "model_int8.onnx | onnx | int8 | FAIL" in report and "model_int8.tflite | tflite | int8 | FAIL" in report
+    rejected = json.loads((out / "rejected" / "parity.json").read_text())
+    for row in rejected["artifacts"]:
+        if row["precision"] == "int8":  # the report is there even without repairs, and names the culprit first
+            worst = min(row["layer_errors"], key=sqnr)
+            assert "conv2d" in worst["name"] and sqnr(worst) < 0  # the outlier tensor, far below the others
+            assert worst["tensor_sqnr_db"] > 30  # while its whole-tensor SQNR would look healthy
+
+
+@pytest.mark.parametrize("remedies", ["calibration,equalization,fallback", "fallback"])
+def test_accuracy_control_repairs_both_formats(outlier_model, small_data_dir, tmp_path, remedies):
+    out = tmp_path / remedies.replace(",", "-")
+    run = export_outlier(outlier_model, small_data_dir, out, "--remedies", remedies)
+    assert run["code"] == 0
+    entries = run["entries"]
+    for fmt, path in (("onnx", "model_int8.onnx"), ("tflite", "model_int8.tflite")):
+        entry = entries[path]
+        assert entry["passed"] and entry["drop_bound_pp"] <= 0.5
+        assert entry["bytes"] <= 0.35 * entries[f"model_fp32.{fmt}"]["bytes"]
+        assert len(entry["remedy"]["float_ops"]) <= 4  # only a few ops kept in float
+        assert entry["remedy"]["tried"][0]["remedy"] == "plain post-training int8"
+        assert not entry["remedy"]["tried"][0]["passes"] and entry["remedy"]["tried"][-1]["passes"]
+        if remedies == "fallback":
+            assert entry["remedy"]["float_ops"]  # the fallback itself did it
+    report = (out / "parity.md").read_text()
+    assert "## Accuracy control: `model_int8.onnx`" in report and "## Per-layer quantization error" in report
+    assert (out / "quantization_error.png").stat().st_size > 0
+
+
+def test_a_model_that_passes_plainly_gets_no_remedy_unless_diagnosed(trained_models, small_data_dir, tmp_path):
+    out = tmp_path / "clean"
+    source = trained_models / "fashion_mnist" / "model.keras"
+    run = export_outlier(source, small_data_dir, out, "--diagnose")
+    assert run["code"] == 0
+    for path in ("model_int8.onnx", "model_int8.tflite"):
+        assert "remedy" not in run["entries"][path]
+    rows = {r["path"]: r for r in json.loads((out / "parity.json").read_text())["artifacts"]}
+    assert rows["model_int8.onnx"]["layer_errors"] and rows["model_int8.tflite"]["layer_errors"]
+    assert min(sqnr(e) for e in rows["model_int8.onnx"]["layer_errors"]) > 20
+
+
+def test_equalization_preserves_the_function_and_flattens_the_outlier(outlier_model):
+    model = keras.models.load_model(outlier_model, compile=False)
+    assert find_pairs(model)
+    images = np.random.default_rng(1).random((64, 28, 28, 1), dtype=np.float32)
+    equalized, pairs = equalize(model, images)
+    assert pairs and equalized is not model
+    np.testing.assert_allclose(equalized(images), model(images), atol=1e-4)
+    biggest = max(np.abs(w).max() for w in equalized.get_weights())
+    assert biggest < max(np.abs(w).max() for w in model.get_weights()) / 100
+
+
+def test_outlier_copy_refuses_a_model_without_a_rescalable_pair(tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))
+    with pytest.raises(Exception, match="no conv/BatchNorm -> ReLU -> conv/dense pair"):
+        add_outlier_channel(model)
