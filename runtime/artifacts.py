@@ -47,13 +47,29 @@ def sha256_of(path: Path) -> str:
 
 
 def read_manifest(path: Path) -> dict:
+    """The manifest, its entries checked: each names a plain file beside it, with a sha256."""
     try:
         manifest = json.loads(path.read_text())
         if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
             raise ValueError("no 'artifacts' list")
+        for number, entry in enumerate(manifest["artifacts"]):
+            _check_entry(entry, number)
         return manifest
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: unreadable manifest ({exc})") from None
+
+
+def _check_entry(entry: object, number: int) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"entry {number} is not an object")
+    path = entry.get("path")
+    if not isinstance(path, str) or not path or Path(path).name != path or path in (".", ".."):
+        raise ValueError(f"entry {number}: 'path' must be a file name beside the manifest, not {path!r}")
+    for key in ("format", "precision", "sha256"):
+        if key in entry and not isinstance(entry[key], str):
+            raise ValueError(f"entry {number}: {key!r} must be a string")
+    if "passed" in entry and not isinstance(entry["passed"], bool):
+        raise ValueError(f"entry {number}: 'passed' must be true or false")
 
 
 def manifest_entry(model: Path) -> dict | None:

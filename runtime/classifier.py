@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,11 +15,27 @@ from runtime.errors import ModelError
 from runtime.metadata import METADATA_KEY, ModelInfo
 from runtime.preprocess import ImageSource, as_sources, normalize, to_pixels
 
+log = logging.getLogger(__name__)
+
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}
+
+
+def bounded_threads(threads: int | None) -> int | None:
+    """``threads`` capped at the machine's cores: more only adds threads that wait (and memory)."""
+    cores = os.cpu_count() or 1
+    if threads is None:
+        return None
+    if threads < 1:
+        raise ModelError(f"threads must be at least 1, not {threads}")
+    if threads > cores:
+        log.warning("%d threads asked for, %d cores here: using %d", threads, cores, cores)
+        return cores
+    return threads
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
     """All graph optimizations, one inter-op thread, ``threads`` intra-op threads (None: all cores)."""
+    threads = bounded_threads(threads)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -30,6 +47,10 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 
 def open_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
     """An ONNX Runtime CPU session, with a one-line error for anything that is not a usable model."""
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, not an ONNX model file")
+    if path.exists() and not path.is_file():
+        raise ModelError(f"{path}: not a regular file")
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     if path.stat().st_size == 0:
@@ -56,6 +77,10 @@ def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
         raise ModelError(f"{path}: input shape {shape} cannot take {info.layout} images of {info.input_shape}")
     if dtype != info.dtype:
         raise ModelError(f"{path}: input type {inputs[0].type} does not match metadata dtype {info.dtype}")
+    outputs = session.get_outputs()
+    classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if len(outputs) != 1 or (isinstance(classes, int) and classes != info.num_classes):
+        raise ModelError(f"{path}: the metadata names {info.num_classes} labels but the model outputs {classes} scores")
     return info
 
 

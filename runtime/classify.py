@@ -19,7 +19,8 @@ from runtime.classifier import Classifier
 from runtime.errors import InputError, RuntimeFailure
 from runtime.preprocess import find_images, to_pixels
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_BATCH_SIZE = 4096
 DATASETS = ("fashion_mnist", "cifar10")
 
 
@@ -43,13 +44,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line, for scripts")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    parser.add_argument(
+        "--threads", type=int, help="ONNX Runtime intra-op threads, at most the core count (default: all cores)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per inference call (default: 32)")
     args = parser.parse_args(argv)
     for flag in ("top_k", "batch_size", "threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.batch_size > MAX_BATCH_SIZE:
+        parser.error(f"--batch-size must be at most {MAX_BATCH_SIZE}")
     return args
 
 
@@ -58,8 +63,9 @@ def expand_inputs(inputs: list[str]) -> Iterator[tuple[str, InputError | None]]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = find_images(path)
-            if not found:
+            found, problems = find_images(path)
+            yield from ((item, problem) for problem in problems)
+            if not found and not problems:
                 yield item, InputError(f"{item}: directory contains no images")
             yield from ((str(p), None) for p in found)
         elif not path.exists() and glob.has_magic(item):
@@ -71,16 +77,22 @@ def expand_inputs(inputs: list[str]) -> Iterator[tuple[str, InputError | None]]:
             yield item, None
 
 
+def display_name(name: str) -> str:
+    """A file name that prints on any terminal: bytes that are not UTF-8 (kept by Python as
+    surrogate escapes) are written as \\xNN, so one odd name cannot stop the output."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def format_human(name: str, top: list[tuple[str, float]]) -> str:
     (label, prob), rest = top[0], top[1:]
     others = ", ".join(f"{lab} {100 * p:.1f}%" for lab, p in rest)
-    return f"{name}: {label} {100 * prob:.1f}%" + (f" ({others})" if others else "")
+    return f"{display_name(name)}: {label} {100 * prob:.1f}%" + (f" ({others})" if others else "")
 
 
 def format_json(name: str, top: list[tuple[str, float]], labels: tuple[str, ...]) -> str:
     index = {label: i for i, label in enumerate(labels)}
     ranked = [{"label": lab, "index": index[lab], "probability": round(p, 6)} for lab, p in top]
-    return json.dumps({"file": name, **ranked[0], "top_k": ranked})
+    return json.dumps({"file": display_name(name), **ranked[0], "top_k": ranked})
 
 
 def classify_files(clf: Classifier, inputs: list[str], top_k: int, as_json: bool) -> int:
@@ -104,7 +116,7 @@ def classify_files(clf: Classifier, inputs: list[str], top_k: int, as_json: bool
             pending.append((name, to_pixels(name, clf.info)))
         except InputError as exc:
             failed += 1
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {display_name(str(exc))}", file=sys.stderr)
         if len(pending) >= clf.batch_size:
             flush()
     flush()
@@ -125,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return EXIT_OK
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 

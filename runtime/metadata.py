@@ -8,13 +8,24 @@ writes it with :func:`ModelInfo.to_json`; the runtime reads it back with :func:`
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 
 from runtime.errors import ModelError
 
 METADATA_KEY = "edgepack"
 SCHEMA_VERSION = 1
 LAYOUTS = ("NCHW", "NHWC")
+DTYPES = ("float32", "uint8")
+MAX_SIDE = 8192
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -40,19 +51,32 @@ class ModelInfo:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
+        """Every field checked for type and value: metadata comes from files anyone can edit."""
+        if not isinstance(self.layout, str) or self.layout not in LAYOUTS:
             raise ModelError(f"unsupported input layout {self.layout!r} (expected NCHW or NHWC)")
+        if self.dtype not in DTYPES:
+            raise ModelError(f"unsupported input dtype {self.dtype!r} (expected {' or '.join(DTYPES)})")
+        for name in ("height", "width", "channels"):
+            value = getattr(self, name)
+            if not _is_int(value) or not 1 <= value <= MAX_SIDE:
+                raise ModelError(f"metadata {name} must be a whole number from 1 to {MAX_SIDE}, not {value!r}")
         if self.channels not in (1, 3):
             raise ModelError(f"unsupported channel count {self.channels} (expected 1 or 3)")
-        if self.height < 1 or self.width < 1:
-            raise ModelError(f"invalid input size {self.height}x{self.width}")
+        if not isinstance(self.labels, tuple) or not all(isinstance(label, str) for label in self.labels):
+            raise ModelError("metadata labels must be a list of strings")
         if len(self.labels) < 2:
             raise ModelError("the model metadata lists fewer than two labels")
+        if not _is_number(self.scale) or not 0 < self.scale < math.inf:
+            raise ModelError(f"metadata scale must be a positive number, not {self.scale!r}")
         for name, values in (("mean", self.mean), ("std", self.std)):
+            if not isinstance(values, tuple) or not all(_is_number(v) and math.isfinite(v) for v in values):
+                raise ModelError(f"metadata {name} must be a list of finite numbers, not {values!r}")
             if len(values) not in (1, self.channels):
                 raise ModelError(f"metadata {name} has {len(values)} values for {self.channels} channels")
         if any(s == 0 for s in self.std):
             raise ModelError("metadata std contains zero")
+        if not isinstance(self.extra, dict):
+            raise ModelError("metadata extra must be an object")
 
     @property
     def num_classes(self) -> int:
@@ -79,7 +103,12 @@ class ModelInfo:
             payload.pop("schema", None)
             for key in ("labels", "mean", "std"):
                 if key in payload:
+                    if not isinstance(payload[key], list):
+                        raise ModelError(f"metadata {key} must be a list, not {payload[key]!r}"[:200])
                     payload[key] = tuple(payload[key])
+            unknown = set(payload) - {f.name for f in fields(cls)}
+            if unknown:
+                raise TypeError(f"unknown field(s) {sorted(unknown)}")
             return cls(**payload)
         except ModelError as exc:
             raise ModelError(f"{source}: {exc}") from None

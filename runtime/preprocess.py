@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -51,9 +52,12 @@ def read_image_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -
     """Read an image file, refusing what cannot be an image before reading it whole."""
     name = os.fspath(path)
     try:
-        size = os.stat(name).st_size
-        if os.path.isdir(name):
+        status = os.stat(name)
+        size = status.st_size
+        if stat.S_ISDIR(status.st_mode):
             raise InputError(f"{name}: is a directory, not an image")
+        if not stat.S_ISREG(status.st_mode):
+            raise InputError(f"{name}: not a regular file (a pipe, device or socket)")
         if size == 0:
             raise InputError(f"{name}: empty file")
         if size > max_bytes:
@@ -74,6 +78,8 @@ def decode_image(data: bytes, name: str) -> Image.Image:
         raise InputError(f"{name}: empty file")
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # a header claiming far more pixels than MAX_PIXELS
+        raise InputError(f"{name}: image too large ({exc}; limit {MAX_PIXELS} pixels)") from None
     except Exception:  # Pillow signals unknown formats with several exception types
         raise InputError(f"{name}: not an image (or a format Pillow cannot read)") from None
     pixels = image.size[0] * image.size[1]
@@ -202,6 +208,15 @@ def as_sources(images: ImageSource | Sequence[ImageSource]) -> list[ImageSource]
     raise InputError(f"unsupported input type {type(images).__name__}")
 
 
-def find_images(path: Path) -> list[Path]:
-    """The image files below a directory, in a stable order, by suffix."""
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def find_images(path: Path) -> tuple[list[Path], list[InputError]]:
+    """The image files below a directory, in a stable order, by suffix; and one error for each
+    subdirectory that could not be read (so that nothing is skipped in silence)."""
+    found: list[Path] = []
+    problems: list[InputError] = []
+
+    def unreadable(error: OSError) -> None:
+        problems.append(InputError(f"{error.filename}: cannot read this directory ({error.strerror or error})"))
+
+    for folder, _, files in os.walk(path, onerror=unreadable):
+        found += [Path(folder, f) for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(p for p in found if p.is_file()), problems

@@ -47,7 +47,6 @@ def flip_near_ties(probabilities: np.ndarray, share: float, seed: int = 1) -> np
     chosen = rng.choice(ties, int(share * len(out)), replace=False)
     order = np.argsort(-out[chosen], axis=1)
     top, second = order[:, 0], order[:, 1]
-    rows = np.arange(len(chosen))
     out[chosen, top], out[chosen, second] = probabilities[chosen, second], probabilities[chosen, top]
     return out
 

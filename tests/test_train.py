@@ -5,11 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from train.__main__ import main
@@ -43,7 +46,7 @@ def test_quick_run_writes_every_output(tmp_path, small_data_dir):
     folder = tmp_path / "fashion_mnist"
     assert all((folder / name).stat().st_size > 0 for name in OUTPUTS)
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["arch"] == "edge_vgg" and metrics["epochs"] == 1 and metrics["quick"] is True
+    assert metrics["arch"] == "edge_airbench" and metrics["epochs"] == 1 and metrics["quick"] is True
     assert metrics["test_images"] == 500 and 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["device"].startswith(("CPU", "1 GPU", "2 GPU"))
     assert set(json.loads((folder / "history.json").read_text())) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
@@ -68,6 +71,87 @@ def test_resume_continues_from_the_checkpoint(tmp_path, small_data_dir):
     assert resumed["epoch"] == [0, 1, 2]
     assert resumed["loss"][0] == first["loss"][0]  # epoch 1 was not trained again
     assert json.loads((tmp_path / "fashion_mnist" / "metrics.json").read_text())["epochs"] == 3
+
+
+def quick_command(out: Path, data_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "train",
+        "--dataset",
+        "fashion_mnist",
+        "--quick",
+        "--epochs",
+        "4",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        *extra,
+    ]
+
+
+def run_killed_during_epoch_3(out: Path, data_dir: Path, *extra: str) -> None:
+    """Start a run and SIGKILL it as soon as epoch 2 is logged (its checkpoint is written before)."""
+    log = out / "fashion_mnist" / "checkpoints" / "epochs.csv"
+    process = subprocess.Popen(
+        quick_command(out, data_dir, *extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and len(log.read_text().strip().splitlines()) >= 3:  # header + epochs 1 and 2
+            process.kill()
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
+
+
+@pytest.mark.parametrize("arch", ["edge_airbench", "edge_vgg"])  # lookahead state; dropout's random state
+def test_resume_after_a_kill_ends_exactly_like_an_uninterrupted_run(tmp_path, small_data_dir, arch):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    subprocess.run(quick_command(whole, small_data_dir, "--arch", arch), cwd=ROOT, check=True, capture_output=True)
+    run_killed_during_epoch_3(resumed, small_data_dir, "--arch", arch)
+    subprocess.run(
+        quick_command(resumed, small_data_dir, "--arch", arch, "--resume"), cwd=ROOT, check=True, capture_output=True
+    )
+    for name in ("history.json", "metrics.json"):
+        a, b = (json.loads((run / "fashion_mnist" / name).read_text()) for run in (whole, resumed))
+        for key in ("wall_time_s", "device"):
+            a.pop(key, None), b.pop(key, None)
+        assert a == b, name
+    weights = [keras.models.load_model(run / "fashion_mnist" / "model.keras").get_weights() for run in (whole, resumed)]
+    assert all(np.array_equal(x, y) for x, y in zip(*weights))
+
+
+def test_a_smoke_run_never_replaces_a_release(tmp_path, small_data_dir, capsys):
+    folder = tmp_path / "models" / "fashion_mnist"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"test_accuracy": 0.9379, "quick": False}))
+    (folder / "model.keras").write_bytes(b"the release")
+    args = ["--dataset", "fashion_mnist", "--quick", "--epochs", "1", "--data-dir", str(small_data_dir)]
+    assert main([*args, "--out", str(tmp_path / "models")]) == 2
+    err = capsys.readouterr().err
+    assert "a --quick run never replaces one" in err and len(err.strip().splitlines()) == 1
+    assert (folder / "model.keras").read_bytes() == b"the release"
+    from train.__main__ import QUICK_OUT, parse_args
+
+    assert parse_args(args).out == QUICK_OUT  # without --out, smoke runs go to runs/quick/
+
+
+def test_an_unwritable_output_is_one_line_before_any_training(tmp_path, small_data_dir, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = ["--dataset", "fashion_mnist", "--quick", "--data-dir", str(small_data_dir), "--out", str(blocker)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write the training outputs there" in err and "\n" not in err
+
+
+def test_a_training_split_smaller_than_a_batch_is_a_clear_error(tmp_path, small_data_dir, capsys):
+    args = ["--dataset", "fashion_mnist", "--quick", "--batch-size", "5000", "--out", str(tmp_path)]
+    assert main([*args, "--data-dir", str(small_data_dir)]) == 2
+    assert "do not fill one batch of 5000" in capsys.readouterr().err
 
 
 def test_training_is_deterministic_given_a_seed(tmp_path, small_data_dir):

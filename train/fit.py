@@ -167,6 +167,27 @@ def _optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int) -> keras.optim
     return keras.optimizers.SGD(schedule, **options)
 
 
+class EpochSeeds(keras.callbacks.Callback):
+    """Re-seed every random layer (Dropout, augmentation layers) at the start of each epoch.
+
+    Keras keeps a random layer's state in a SeedGenerator that no checkpoint saves, so a resumed
+    run would draw other dropout masks than an uninterrupted one. Seeded from (seed, epoch, layer),
+    the masks depend only on those and the step, and a resumed run repeats the original exactly.
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        generators = [
+            layer.seed_generator for layer in self.model._flatten_layers() if hasattr(layer, "seed_generator")
+        ]
+        for index, generator in enumerate(generators):
+            value = np.random.default_rng([self.seed, epoch, index]).integers(0, 2**31, dtype=np.int64)
+            generator.state.assign(np.array([value, 0], dtype=generator.state.dtype))
+
+
 def _resumed_epoch(backup: Path) -> int:
     """The epoch an interrupted run resumes at (0 for a fresh run): what BackupAndRestore restores."""
     try:
@@ -266,9 +287,19 @@ def train(config: TrainConfig) -> dict:
             initial_value_threshold=best_so_far,
         ),
         keras.callbacks.CSVLogger(str(log_path), append=config.resume),
+        EpochSeeds(config.seed),
     ]
     started = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=1 if os.isatty(2) else 2)
+    # shuffle=False: Batches orders each epoch itself from (seed, epoch); Keras would otherwise also
+    # reorder the batches with Python's global random state, which no checkpoint restores.
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=1 if os.isatty(2) else 2,
+    )
     wall = time.perf_counter() - started
 
     final = _float32_copy(config.arch, ckpt / "best.keras" if (ckpt / "best.keras").exists() else model)
