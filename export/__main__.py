@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+import warnings
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from train.native_logs import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
 
 from export.accuracy_control import REMEDIES, ControlSettings  # noqa: E402
 from export.parity import THRESHOLD_SYNTAX, parse_thresholds  # noqa: E402
@@ -170,7 +172,7 @@ def sources(args: argparse.Namespace) -> list[Source] | list:
 
 def report(release: Release, name: str) -> bool:
     """Print the status table and what happened; True if every artifact passed."""
-    print(status_text(status_rows(release.results, [], release.latency_ms)))
+    print(status_text(status_rows(release.results, release.carried, release.latency_ms)))
     if release.published:
         print(f"{name}: published {len(release.published)} artifact(s) to {release.folder}")
     if release.rejected:
@@ -185,9 +187,17 @@ def report(release: Release, name: str) -> bool:
     return not release.rejected
 
 
+def quiet_libraries() -> None:
+    """Our log at INFO, the converters' chatter only when it matters."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("tf2onnx", "tensorflow", "absl", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     config = ExportConfig(
         formats=args.formats,
         qat=args.qat,

@@ -9,6 +9,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from runtime.metadata import ModelInfo
 from runtime.preprocess import normalize
+from train.native_logs import native_notices_filtered
 
 
 class LiteRTModel:
@@ -21,11 +22,12 @@ class LiteRTModel:
     def __init__(self, path: Path | str, info: ModelInfo, threads: int | None = None) -> None:
         self.path = Path(path)
         self.info = info
-        self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-        self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
-        self._batch = None
-        self._resize(1)
+        with native_notices_filtered():  # LiteRT announces its XNNPACK delegate on stderr
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+            self._input = self.interpreter.get_input_details()[0]
+            self._output = self.interpreter.get_output_details()[0]
+            self._batch = None
+            self._resize(1)
 
     def _resize(self, batch: int) -> None:
         if batch != self._batch:

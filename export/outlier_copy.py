@@ -16,7 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from train.native_logs import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -81,6 +81,7 @@ class Release:
     published: list[ParityResult]
     rejected: list[ParityResult]
     latency_ms: dict[str, float]
+    carried: list[dict]  # manifest entries kept from an earlier run of the same model
 
 
 def calibration_sample(source: Source, samples: int, seed: int) -> np.ndarray:
@@ -266,7 +267,7 @@ def export(source: Source, config: ExportConfig) -> Release:
             entries.sort(key=lambda e: _release_rank(e["path"]))
             manifest = {key: context[key] for key in context} | {"artifacts": entries}
         published, rejected = publish(staging, source.folder, results, config.all_or_nothing, manifest)
-    return Release(source.folder, results, published, rejected, latency)
+    return Release(source.folder, results, published, rejected, latency, carried if manifest else [])
 
 
 def _gate_one(

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from export.onnx_export import INPUT_NAME, keras_to_onnx, set_metadata
 from runtime.metadata import ModelInfo
 from runtime.preprocess import normalize
+from train.native_logs import native_notices_filtered
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def calibrated_tflite(model: keras.Model, calibration: np.ndarray, info: ModelIn
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative(calibration, info)
     converter._experimental_calibrate_only = True  # noqa: SLF001 (the quantization debugger's own route)
-    with contextlib.redirect_stdout(io.StringIO()):  # Keras 3 prints its SavedModel signature to stdout
+    with contextlib.redirect_stdout(io.StringIO()), native_notices_filtered():  # Keras prints its signature
         return converter.convert()
 
 
@@ -153,12 +154,13 @@ def tflite_int8(calibrated: bytes, float_ops: tuple[str, ...] = ()) -> bytes:
     import tensorflow as tf
     from tensorflow.lite.python import convert
 
-    return convert.mlir_quantize(
-        calibrated,
-        input_data_type=tf.uint8,
-        output_data_type=tf.uint8,
-        denylisted_nodes=list(float_ops) or None,
-    )
+    with native_notices_filtered():
+        return convert.mlir_quantize(
+            calibrated,
+            input_data_type=tf.uint8,
+            output_data_type=tf.uint8,
+            denylisted_nodes=list(float_ops) or None,
+        )
 
 
 class Int8Factory:

@@ -76,8 +76,6 @@ def status_rows(results: list[ParityResult], carried: list[dict], latency: dict[
         )
     for e in carried:
         share = f"{100 * e['bytes'] / fp32_size[e['format']]:.0f}%" if e["format"] in fp32_size else "–"
-        figures = [e.get("drop_bound_pp"), e.get("confident_agreement"), e.get("drift_p99")]
-        drop, confident, drift = (v if isinstance(v, (int, float)) else math.nan for v in figures)
         rows.append(
             [
                 e["path"],
@@ -86,16 +84,21 @@ def status_rows(results: list[ParityResult], carried: list[dict], latency: dict[
                 "pass (earlier run)",
                 f"{e['bytes'] / 1024:,.0f}",
                 share,
-                f"{100 * e['accuracy']:.2f}%",
-                f"{e['delta_pp']:+.2f}",
-                f"{drop:.2f}",
-                f"{100 * confident:.2f}%",
-                f"{100 * e['agreement']:.2f}%",
-                f"{drift:.3f}",
+                _figure(e.get("accuracy"), "{:.2%}"),
+                _figure(e.get("delta_pp"), "{:+.2f}"),
+                _figure(e.get("drop_bound_pp"), "{:.2f}"),
+                _figure(e.get("confident_agreement"), "{:.2%}"),
+                _figure(e.get("agreement"), "{:.2%}"),
+                _figure(e.get("drift_p99"), "{:.3f}"),
                 "–",
             ]
         )
     return rows
+
+
+def _figure(value, template: str) -> str:
+    """A manifest figure, or a dash where an entry from an older release lacks it."""
+    return template.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "–"
 
 
 def status_text(rows: list[list[str]]) -> str:

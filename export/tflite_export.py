@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from export.quantize import representative
 from runtime.metadata import ModelInfo
+from train.native_logs import native_notices_filtered
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -38,5 +39,5 @@ def keras_to_tflite(
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
-    with contextlib.redirect_stdout(io.StringIO()):  # Keras 3 prints its SavedModel signature to stdout
+    with contextlib.redirect_stdout(io.StringIO()), native_notices_filtered():  # Keras prints its signature
         return converter.convert()

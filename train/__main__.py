@@ -9,7 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from train.native_logs import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
 
 from train.datasets import REGISTRY, DataError, load_dataset  # noqa: E402
 

@@ -176,17 +176,32 @@ def _split_and_class(member: str) -> tuple[str, str] | None:
     return (split, label) if split in ("train", "test") else None
 
 
-def _walk_directory(root: Path) -> Iterator[tuple[str, str, str, bytes]]:
+def _class_folder(member: str) -> tuple[str, str] | None:
+    """``.../train/<class>`` (a folder) -> ("train", class); anything else -> None."""
+    parts = Path(member).parts
+    return (parts[-2], parts[-1]) if len(parts) >= 2 and parts[-2] in ("train", "test") else None
+
+
+# A tree walk yields (split, class, name, bytes) per image, and (split, class, name, None) per class folder.
+Entry = tuple[str, str, str, bytes | None]
+
+
+def _walk_directory(root: Path) -> Iterator[Entry]:
     for path in sorted(root.rglob("*")):
-        found = _split_and_class(path.relative_to(root).as_posix())
+        member = path.relative_to(root).as_posix()
+        if path.is_dir() and _class_folder(member):
+            yield (*_class_folder(member), str(path), None)
+        found = _split_and_class(member)
         if found and path.is_file():
             yield (*found, str(path), path.read_bytes())
 
 
-def _walk_tarball(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
+def _walk_tarball(archive: Path) -> Iterator[Entry]:
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
+                if member.isdir() and _class_folder(member.name):
+                    yield (*_class_folder(member.name), f"{archive}:{member.name}", None)
                 found = _split_and_class(member.name)
                 if found and member.isfile():
                     handle = tar.extractfile(member)
@@ -195,13 +210,15 @@ def _walk_tarball(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
         raise DataError(f"{archive}: unreadable or truncated archive ({exc})") from None
 
 
-def _decode_entries(
-    entries: Iterator[tuple[str, str, str, bytes]], source: Path, labels: tuple[str, ...] | None
-) -> Dataset:
+def _decode_entries(entries: Iterator[Entry], source: Path, labels: tuple[str, ...] | None) -> Dataset:
     """Decode every image of a tree walk, sizing them like the first image seen."""
     collected: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "test": []}
+    folders: dict[str, set[str]] = {"train": set(), "test": set()}
     shape: tuple[int, int, int] | None = None
     for split, label, name, data in tqdm(entries, desc=f"decoding {source.name}", unit=" img", mininterval=2):
+        if data is None:
+            folders[split].add(label)
+            continue
         try:
             image = decode_image(data, name)
             if shape is None:
@@ -215,6 +232,7 @@ def _decode_entries(
             raise DataError(
                 f"{source}: no images under {split}/<class>/ (expected train/<class>/*.jpg and test/<class>/*.jpg)"
             )
+    _check_classes(source, collected, folders, labels)
     found = sorted({label for label, _ in collected["train"]})
     labels = labels or tuple(found)
     unknown = sorted({label for split in collected.values() for label, _ in split} - set(labels))
@@ -226,6 +244,24 @@ def _decode_entries(
         arrays.append(np.stack([pixels for _, pixels in collected[split]]))
         arrays.append(np.array([index[label] for label, _ in collected[split]], dtype=np.int64))
     return Dataset(source.name.split(".")[0], labels, *arrays)
+
+
+def _check_classes(source: Path, collected: dict, folders: dict[str, set[str]], labels) -> None:
+    """Refuse empty class folders (the class would vanish in silence); warn about classes the test
+    split lacks (their accuracy cannot be measured)."""
+    present = {split: {label for label, _ in items} for split, items in collected.items()}
+    for split in ("train", "test"):
+        empty = sorted(folders[split] - present[split])
+        if empty:
+            raise DataError(f"{source}: {split}/{empty[0]}/ holds no images (of {', '.join(sorted(IMAGE_SUFFIXES))})")
+    missing_train = sorted(set(labels or ()) - present["train"])
+    if missing_train:
+        raise DataError(f"{source}: class {missing_train[0]!r} has no training images")
+    untested = sorted(present["train"] - present["test"])
+    if untested:
+        log.warning(
+            "%s: class(es) %s have no test images; their accuracy cannot be measured", source, ", ".join(untested)
+        )
 
 
 def cache_dir() -> Path:
