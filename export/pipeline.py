@@ -129,6 +129,8 @@ class Builder:
                 "split": "train",
                 "seed": self.config.seed,
             }
+            if spec.format == "onnx":
+                extra["first_conv"] = "float"  # see export.quantize.OnnxQuantizer.first_conv
         if remedy:
             extra["remedy"] = remedy
         return replace(

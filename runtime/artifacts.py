@@ -20,7 +20,8 @@ MODELS_DIR_ENV = "EDGEPACK_MODELS_DIR"
 
 
 def default_models_dir() -> Path:
-    """``$EDGEPACK_MODELS_DIR``, else the repository's ``models/`` folder."""
+    """``$EDGEPACK_MODELS_DIR``, else the ``models`` folder beside this package: the repository's in
+    a clone, the installed package's (the int8 ONNX models only) after ``pip install``."""
     if os.environ.get(MODELS_DIR_ENV):
         return Path(os.environ[MODELS_DIR_ENV])
     return Path(__file__).resolve().parent.parent / "models"
@@ -104,5 +105,10 @@ def find_artifact(dataset: str, precision: str, fmt: str = "onnx", models_dir: P
         raise ModelError(f"{manifest_path}: no manifest; export the {dataset} model first (make export)")
     for entry in read_manifest(manifest_path)["artifacts"]:
         if entry.get("format") == fmt and entry.get("precision") == precision and entry.get("passed"):
+            if not (folder / entry["path"]).is_file():
+                raise ModelError(
+                    f"{folder / entry['path']}: listed in {MANIFEST} but not here (the installed runtime carries the "
+                    f"int8 ONNX models only: use --model, or {MODELS_DIR_ENV} pointing at a full release)"
+                )
             return folder / entry["path"]
     raise ModelError(f"{manifest_path}: no published {precision} {fmt} artifact for {dataset}")

@@ -110,3 +110,14 @@ def test_default_model_is_the_shipped_int8_of_the_dataset(images, exported_model
 def test_help():
     result = run_cli("--help")
     assert result.returncode == 0 and "Exit codes" in result.stdout
+
+
+def test_parallel_decoding_keeps_the_input_order(fashion, int8_model, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(150):
+        Image.fromarray(fashion.x_test[i][..., 0]).save(folder / f"{i:03d}.png")
+    (folder / "100.png").write_bytes(b"not an image")  # one failure in the middle stays in place
+    outputs = [run_cli(str(folder), "--model", str(int8_model), "--workers", w) for w in ("1", "2")]
+    assert outputs[0].stdout == outputs[1].stdout and outputs[0].stderr == outputs[1].stderr
+    assert outputs[1].returncode == 1 and len(outputs[1].stdout.splitlines()) == 149

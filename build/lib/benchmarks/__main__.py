@@ -1,0 +1,101 @@
+"""python -m benchmarks: CPU latency of every artifact against the float Keras model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from benchmarks.bench import BenchConfig, BenchError, benchmark
+from benchmarks.report import write_reports
+from runtime.artifacts import MANIFEST, default_models_dir
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "reports"
+
+
+def int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas")
+    return values
+
+
+def thread_list(text: str) -> list[int]:
+    """'1,all' -> [1, cores]; duplicates dropped so a 1-core machine measures once."""
+    cores = os.cpu_count() or 1
+    try:
+        values = [cores if v.strip() == "all" else int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected thread counts or 'all', separated by commas")
+    return list(dict.fromkeys(values))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Measure CPU latency, throughput, load time, peak memory and cold start of every exported "
+        "artifact (ONNX Runtime through the runtime and bare, LiteRT) against the float Keras model, and write "
+        "reports/bench-<dataset>.json, .md and .png.",
+    )
+    parser.add_argument("--dataset", default="all", help="a dataset folder name under --models-dir, or 'all'")
+    parser.add_argument("--models-dir", type=Path, help="the release folder (default: $EDGEPACK_MODELS_DIR or models/)")
+    parser.add_argument("--batch-sizes", type=int_list, help="comma-separated (default: 1,8,64; --quick: 1,8)")
+    parser.add_argument("--threads", type=thread_list, help="comma-separated counts or 'all' (default: 1,all)")
+    parser.add_argument("--budget-s", type=float, help="timing budget per cell in seconds (default: 2)")
+    parser.add_argument("--cold-runs", type=int, help="fresh-process runs per cold-start command (default: 5)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run in under a minute per dataset")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report folder (default: reports/)")
+    args = parser.parse_args(argv)
+    if args.budget_s is not None and args.budget_s <= 0:
+        parser.error("--budget-s must be positive")
+    if args.cold_runs is not None and args.cold_runs < 0:
+        parser.error("--cold-runs must be 0 or more")
+    return args
+
+
+def config_from(args: argparse.Namespace) -> BenchConfig:
+    config = BenchConfig.quick() if args.quick else BenchConfig()
+    for name in ("batch_sizes", "threads", "budget_s", "cold_runs"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    return config
+
+
+def dataset_folders(models_dir: Path, dataset: str) -> list[Path]:
+    if dataset != "all":
+        folder = models_dir / dataset
+        if not folder.is_dir():
+            raise BenchError(f"{folder}: no such model folder")
+        return [folder]
+    folders = sorted(p for p in models_dir.iterdir() if (p / MANIFEST).is_file() or (p / "model.keras").is_file())
+    if not folders:
+        raise BenchError(f"{models_dir}: no model folders (train and export first: make train export)")
+    return folders
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    models_dir = args.models_dir or default_models_dir()
+    config = config_from(args)
+    try:
+        if not models_dir.is_dir():
+            raise BenchError(f"{models_dir}: no such models folder")
+        for folder in dataset_folders(models_dir, args.dataset):
+            paths = write_reports(benchmark(folder, config), args.out)
+            print(f"{folder.name}: " + ", ".join(str(p) for p in paths))
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no report written for the dataset in progress", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""A Gradio web demo of the shipped artifacts, running on ``runtime`` (ONNX Runtime) only."""

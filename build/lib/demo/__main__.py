@@ -1,0 +1,134 @@
+"""python -m demo: serve the Gradio demo of the shipped models (ONNX Runtime only)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from demo.uploads import parse_size  # noqa: E402
+
+DEFAULT_MAX_FILE_SIZE = "10mb"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m demo",
+        description="Serve a web page that classifies uploaded, pasted, webcam or drawn images with the shipped "
+        "ONNX models, showing top classes, the preprocessed image, latency, size and accuracy.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
+    parser.add_argument("--models-dir", type=Path, help="release folder (default: $EDGEPACK_MODELS_DIR or models/)")
+    parser.add_argument("--data-dir", help="datasets folder for the examples (default: $EDGEPACK_DATA_DIR)")
+    parser.add_argument(
+        "--max-file-size",
+        default=DEFAULT_MAX_FILE_SIZE,
+        help=f"largest image accepted on any route, uploads and inline data alike (default: {DEFAULT_MAX_FILE_SIZE})",
+    )
+    parser.add_argument(
+        "--auth-file",
+        type=Path,
+        help="ask for a login: a file of USER:PASSWORD lines (keep it private; use it whenever --host is not local)",
+    )
+    parser.add_argument("--concurrency", type=int, default=4, help="requests run at once (default: 4)")
+    parser.add_argument("--queue-size", type=int, default=64, help="requests waiting at most (default: 64)")
+    args = parser.parse_args(argv)
+    try:
+        args.max_file_size = parse_size(args.max_file_size)
+    except ValueError as exc:
+        parser.error(f"--max-file-size: {exc}")
+    if not 0 < args.port < 65536:
+        parser.error("--port must be between 1 and 65535")
+    if args.concurrency < 1 or args.queue_size < 1:
+        parser.error("--concurrency and --queue-size must be at least 1")
+    return args
+
+
+def create(args: argparse.Namespace):
+    """The app, queued and ready to launch, plus the folders it may serve files from."""
+    from demo.app import Demo, build_app, load_models
+    from demo.examples import data_dir_from, find_examples
+    from demo.uploads import UploadPolicy
+    from runtime.artifacts import default_models_dir
+
+    demo = Demo(load_models(args.models_dir or default_models_dir()), UploadPolicy.for_gradio(args.max_file_size))
+    data_dir = data_dir_from(args.data_dir)
+    examples = find_examples(data_dir)
+    app = build_app(demo, examples, data_dir)
+    app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    folders = sorted({str(p.parent) for paths in examples.values() for p in paths})
+    return app, folders
+
+
+def read_auth_file(path: Path) -> list[tuple[str, str]]:
+    """``USER:PASSWORD`` lines (blank lines and ``#`` comments skipped) for Gradio's login page."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the auth file ({exc})") from None
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, sep, password = line.strip().partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"{path}:{number}: expected USER:PASSWORD")
+        pairs.append((user, password))
+    if not pairs:
+        raise ValueError(f"{path}: no USER:PASSWORD line")
+    return pairs
+
+
+def launch(app, folders: list[str], args: argparse.Namespace, block: bool = True):
+    auth = read_auth_file(args.auth_file) if args.auth_file else None
+    if auth is None and (args.share or args.host not in LOCAL_HOSTS):
+        logging.getLogger("demo").warning(
+            "serving beyond this machine without a login: anyone who reaches %s can use the demo (see --auth-file)",
+            "the public link" if args.share else f"{args.host}:{args.port}",
+        )
+    return app.launch(
+        auth=auth,
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        max_file_size=args.max_file_size,
+        allowed_paths=folders,
+        show_error=True,
+        ssr_mode=False,
+        prevent_thread_lock=not block,
+        quiet=not block,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from runtime.errors import ModelError
+
+    try:
+        app, folders = create(args)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        launch(app, folders, args)
+    except ValueError as exc:  # a bad auth file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # port taken, address not available
+        print(f"error: cannot serve on {args.host}:{args.port} ({exc})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

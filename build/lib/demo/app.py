@@ -1,0 +1,217 @@
+"""The demo page: pick a shipped model, give it an image, see what it answers and how fast.
+
+Every image, whatever its source (upload, paste, webcam, sketch, example), reaches the model
+through the runtime's own decoding and preprocessing: the event handlers take Gradio's raw file
+payloads (``preprocess=False``) instead of letting Gradio decode images its own way. So the
+page shows exactly what ``python -m runtime.classify`` would answer, and a bad file gets the
+runtime's one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from demo.examples import DATASETS, example_label
+from demo.uploads import UploadPolicy
+from runtime.artifacts import MANIFEST, manifest_entry
+from runtime.classifier import Classifier
+from runtime.errors import InputError, ModelError
+from runtime.preprocess import decode_image, fit_image
+from train.datasets import DATA_DIR_ENV
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("int8", "fp32")
+TOP_K = 5
+VIEW_SIZE = 224  # the preprocessed image is enlarged with nearest-neighbour, so pixels stay exact
+SKETCH_SIZE = 280
+INPUT_ERROR = "Not a usable image"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    classifier: Classifier
+    card: str
+
+
+def model_card(dataset: str, precision: str, path: Path, float_accuracy: float | None) -> str:
+    """Size and accuracy of the artifact as its manifest states them."""
+    entry = manifest_entry(path) or {}
+    lines = [f"**{dataset} / {precision}**: `{path.name}`, {path.stat().st_size / 1024:,.0f} KiB"]
+    if "accuracy" in entry:
+        delta = f", {entry['delta_pp']:+.2f} pp vs float" if "delta_pp" in entry else ""
+        reference = f" (float model {100 * float_accuracy:.2f}%{delta})" if float_accuracy is not None else ""
+        lines.append(f"test accuracy {100 * entry['accuracy']:.2f}%{reference}")
+    if "sha256" in entry:
+        lines.append(f"sha256 `{entry['sha256'][:16]}...`")
+    return " · ".join(lines)
+
+
+def load_models(models_dir: Path) -> dict[tuple[str, str], LoadedModel]:
+    """Every published fp32 and int8 ONNX artifact, loaded once (sessions are thread-safe)."""
+    found = {}
+    for dataset in DATASETS:
+        manifest = models_dir / dataset / MANIFEST
+        if not manifest.is_file():
+            continue
+        float_accuracy = json.loads(manifest.read_text()).get("float_accuracy")
+        for precision in PRECISIONS:
+            try:
+                classifier = Classifier.for_dataset(dataset, precision, models_dir, threads=1)
+            except ModelError as exc:
+                log.warning("%s", exc)
+                continue
+            card = model_card(dataset, precision, classifier.path, float_accuracy)
+            found[(dataset, precision)] = LoadedModel(classifier, card)
+    if not found:
+        raise ModelError(f"{models_dir}: no exported models; run make train export (or make export)")
+    return found
+
+
+def enlarge(pixels: np.ndarray) -> np.ndarray:
+    """HxWxC uint8 -> a bigger copy in which every model pixel is a visible square."""
+    factor = max(1, VIEW_SIZE // max(pixels.shape[:2]))
+    view = pixels.repeat(factor, axis=0).repeat(factor, axis=1)
+    return view[..., 0] if view.shape[-1] == 1 else view
+
+
+class Demo:
+    """The handlers behind the page, kept apart from the layout so they can be tested directly."""
+
+    def __init__(self, models: dict[tuple[str, str], LoadedModel], uploads: UploadPolicy) -> None:
+        self.models = models
+        self.uploads = uploads
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(dataset for dataset, _ in self.models))
+
+    def model(self, dataset: str, precision: str) -> LoadedModel:
+        if (dataset, precision) not in self.models:
+            raise gr.Error(f"No published {precision} model for {dataset}", print_exception=False)
+        return self.models[(dataset, precision)]
+
+    def labels(self, dataset: str) -> tuple[str, ...]:
+        return next(m.classifier.labels for (name, _), m in self.models.items() if name == dataset)
+
+    def card(self, dataset: str, precision: str) -> str:
+        return self.model(dataset, precision).card
+
+    def classify(self, image: dict | str | None, dataset: str, precision: str):
+        """Top classes, the model's-eye view, the latency line and the model card."""
+        loaded = self.model(dataset, precision)
+        try:
+            file = self.uploads.read(image)
+            if file is None:
+                return None, None, "", loaded.card
+            name, data = file
+            info = loaded.classifier.info
+            started = time.perf_counter()
+            pixels = fit_image(decode_image(data, name), info.height, info.width, info.channels, name)[None]
+            ready = time.perf_counter()
+            probabilities = loaded.classifier.run(pixels)[0]
+            done = time.perf_counter()
+        except InputError as exc:
+            raise gr.Error(f"{INPUT_ERROR}: {exc}", print_exception=False) from None
+        order = np.argsort(-probabilities)[:TOP_K]
+        labels = {loaded.classifier.labels[i]: float(probabilities[i]) for i in order}
+        latency = (
+            f"**{1e3 * (done - ready):.2f} ms** inference ({precision}, ONNX Runtime, 1 thread), "
+            f"{1e3 * (ready - started):.2f} ms decoding and preprocessing"
+        )
+        return labels, enlarge(pixels[0]), latency, loaded.card
+
+
+def examples_note(examples: dict[str, list[Path]], data_dir: Path | None) -> str:
+    if any(examples.values()):
+        return "Examples: the first test image of each class, from " + f"`{data_dir}`."
+    where = f"`{data_dir}` holds neither dataset" if data_dir else f"no data directory is set ({DATA_DIR_ENV})"
+    return (
+        f"No examples: {where}. Point `--data-dir` or `{DATA_DIR_ENV}` at a folder holding `fashion-mnist/` "
+        "and `cifar10-jpeg.tar.gz` (e.g. `../shared/data`) to get one real test image per class."
+    )
+
+
+def black_canvas() -> dict:
+    """A black sketch background with nothing drawn: Fashion-MNIST items are light on black."""
+    return {"background": np.zeros((SKETCH_SIZE, SKETCH_SIZE, 3), np.uint8), "layers": [], "composite": None}
+
+
+def build_app(demo: Demo, examples: dict[str, list[Path]], data_dir: Path | None) -> gr.Blocks:
+    datasets = demo.datasets
+    with gr.Blocks(title="edgepack: edge image classifiers", analytics_enabled=False) as app:
+        gr.Markdown(
+            "# edgepack demo\nClassify an image with a shipped artifact, run by ONNX Runtime through "
+            "`runtime` (the same code as `python -m runtime.classify`)."
+        )
+        with gr.Row():
+            with gr.Column():
+                with gr.Row():
+                    dataset = gr.Radio(datasets, value=datasets[0], label="Model")
+                    precision = gr.Radio(list(PRECISIONS), value="int8", label="Precision")
+                with gr.Tabs():
+                    with gr.Tab("Upload"):
+                        upload = gr.Image(
+                            type="filepath",
+                            sources=["upload", "clipboard"],
+                            label="Image (drop, paste or pick)",
+                            height=260,
+                        )
+                    with gr.Tab("Webcam"):
+                        webcam = gr.Image(type="filepath", sources=["webcam"], label="Webcam")
+                    with gr.Tab("Draw"):
+                        sketch = gr.Sketchpad(
+                            value=black_canvas(),
+                            type="filepath",
+                            label="Draw a Fashion-MNIST item (light on black)",
+                            brush=gr.Brush(colors=["#ffffff", "#a0a0a0"], default_size=18),
+                            canvas_size=(SKETCH_SIZE, SKETCH_SIZE),
+                        )
+                        classify_sketch = gr.Button("Classify the drawing", variant="primary")
+                gr.Markdown(examples_note(examples, data_dir))
+                galleries = {
+                    name: gr.Gallery(
+                        [(str(path), example_label(path, demo.labels(name))) for path in examples[name]],
+                        label=f"{name}: click a test image",
+                        columns=5,
+                        rows=2,
+                        height=330,
+                        object_fit="contain",
+                        allow_preview=False,
+                    )
+                    for name in datasets
+                    if examples.get(name)
+                }
+            with gr.Column():
+                label = gr.Label(num_top_classes=TOP_K, label="Prediction")
+                seen = gr.Image(label="What the model sees (after preprocessing)", interactive=False, height=240)
+                latency = gr.Markdown(elem_id="latency")
+                card = gr.Markdown(demo.card(datasets[0], "int8"), elem_id="model-card")
+        outputs = [label, seen, latency, card]
+        raw = {"preprocess": False, "concurrency_id": "model"}
+        upload.change(demo.classify, [upload, dataset, precision], outputs, api_name="classify", **raw)
+        webcam.change(demo.classify, [webcam, dataset, precision], outputs, api_name="classify_webcam", **raw)
+        # Gradio's editor does not report every stroke as a change, hence the button as well.
+        for event in (sketch.change, classify_sketch.click):
+            event(demo.classify, [sketch, dataset, precision], outputs, api_name="classify_sketch", **raw)
+        for choice in (dataset, precision):
+            choice.change(demo.classify, [upload, dataset, precision], outputs, api_name=False, **raw)
+        for name, gallery in galleries.items():
+            gallery.select(example_picker(name, examples[name]), None, [upload, dataset], api_name=False)
+    return app
+
+
+def example_picker(dataset: str, paths: list[Path]):
+    """A gallery click handler: put the example in the Upload box and switch to its model."""
+
+    def pick(event: gr.SelectData) -> tuple[str, str]:
+        return str(paths[event.index]), dataset
+
+    return pick

@@ -1,0 +1,87 @@
+"""Example images for the demo: real test images, one per class, from the data directory.
+
+They are written as PNG files once per data directory into a cache folder, so the page can show
+them and send them through the same upload path as a user's file. Without a data directory the
+demo runs without examples and says where they would come from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from train.datasets import DATA_DIR_ENV, REGISTRY, DataError, cache_dir
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("fashion_mnist", "cifar10")
+
+
+def data_dir_from(arg: str | os.PathLike | None) -> Path | None:
+    """``--data-dir``, else ``$EDGEPACK_DATA_DIR``; the demo never downloads datasets."""
+    chosen = arg or os.environ.get(DATA_DIR_ENV)
+    return Path(chosen) if chosen else None
+
+
+def examples_cache(data_dir: Path) -> Path:
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return cache_dir() / "demo-examples" / key
+
+
+def first_of_each_class(y: np.ndarray, num_classes: int) -> list[int]:
+    """The index of the first test image of every class, in class order."""
+    return [int(np.flatnonzero(y == k)[0]) for k in range(num_classes) if np.any(y == k)]
+
+
+def slug(label: str) -> str:
+    """A label as a file-name part: ``T-shirt/top`` -> ``t-shirt_top``."""
+    return label.lower().replace(" ", "_").replace("/", "_")
+
+
+def example_label(path: Path, labels: tuple[str, ...] | list[str]) -> str:
+    """The true class of an example file, from its name (``00019_t-shirt_top.png``)."""
+    wanted = path.stem.split("_", 1)[-1]
+    for label in labels:
+        if slug(label) == wanted:
+            return label
+    raise ValueError(f"{path.name}: no label of {list(labels)} matches")
+
+
+def write_examples(name: str, data_dir: Path, folder: Path) -> list[Path]:
+    """PNG files of one test image per class of ``name``, or none if the data is not there."""
+    target = folder / name
+    existing = sorted(target.glob("*.png"))
+    if existing:
+        return existing
+    try:
+        dataset = REGISTRY[name].load_from(data_dir) if data_dir.is_dir() else None
+    except DataError as exc:
+        log.warning("no %s examples: %s", name, exc)
+        return []
+    if dataset is None:
+        return []
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.mkdir(parents=True, exist_ok=True) or folder))
+    for index in first_of_each_class(dataset.y_test, dataset.num_classes):
+        label = slug(dataset.labels[dataset.y_test[index]])
+        pixels = dataset.x_test[index]
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(staging / f"{index:05d}_{label}.png")
+    try:
+        staging.rename(target)  # all files or none: a half-written folder never passes for the cache
+    except OSError:  # another process got there first
+        shutil.rmtree(staging, ignore_errors=True)
+    return sorted(target.glob("*.png"))
+
+
+def find_examples(data_dir: Path | None) -> dict[str, list[Path]]:
+    """Example files per dataset; empty lists where the data directory lacks the dataset."""
+    if data_dir is None:
+        return {name: [] for name in DATASETS}
+    folder = examples_cache(data_dir)
+    return {name: write_examples(name, data_dir, folder) for name in DATASETS}

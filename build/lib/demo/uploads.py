@@ -1,0 +1,118 @@
+"""What the demo agrees to read: only files its clients sent it, within one size limit.
+
+The event handlers take Gradio's raw payloads (``preprocess=False``) so that every image goes
+through the runtime's decoding. Gradio checks a payload's path only when the payload carries its
+``meta`` marker, so a hand-made request could otherwise name any file on the server. Every payload
+therefore passes here, and only two things get through:
+
+* a ``path`` that, with symbolic links and ``..`` resolved, lies inside Gradio's upload folder
+  (where ``/upload``, the webcam and the sketchpad put what a client sent, and where Gradio copies
+  the examples it serves);
+* an inline ``data:`` URL, whose size is checked before it is decoded.
+
+Both are held to the same byte limit as Gradio's ``/upload`` route (``--max-file-size``). Refusals
+never say whether a path exists, and remote URLs are never fetched.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import InputError
+from runtime.preprocess import MAX_FILE_BYTES, read_image_bytes
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_NAME_LIMIT = 120
+
+
+def parse_size(text: str | int) -> int:
+    """``"10mb"``, ``"512 KiB"``, ``"2g"`` or a plain number -> bytes (binary units, as Gradio counts)."""
+    if isinstance(text, int):
+        size = text
+    else:
+        match = _SIZE.match(text)
+        if not match:
+            raise ValueError(f"not a size: {text!r} (expected e.g. 10mb, 512kb, 1048576)")
+        unit = (match.group(2) or "").lower()[:1]
+        size = int(float(match.group(1)) * _UNITS[unit])
+    if size < 1:
+        raise ValueError(f"size must be at least one byte, got {text!r}")
+    return size
+
+
+@dataclass(frozen=True)
+class UploadPolicy:
+    """Where uploaded files live and how large any input may be."""
+
+    folder: Path
+    max_bytes: int = MAX_FILE_BYTES
+
+    @classmethod
+    def for_gradio(cls, max_bytes: int) -> UploadPolicy:
+        """Gradio's upload folder (``$GRADIO_TEMP_DIR`` or ``<tmp>/gradio``), resolved now."""
+        from gradio.utils import get_upload_folder
+
+        return cls(Path(os.path.realpath(get_upload_folder())), min(max_bytes, MAX_FILE_BYTES))
+
+    def allows(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` is a file inside the upload folder once every link is followed."""
+        real = Path(os.path.realpath(path))
+        return real.is_relative_to(self.folder) and real != self.folder
+
+    def read(self, payload: dict | str | None, name: str = "image") -> tuple[str, bytes] | None:
+        """The client's name for the file and its bytes; None for an empty input.
+
+        Raises InputError for anything else, naming the user's file rather than the server's copy.
+        """
+        if payload is None:
+            return None
+        if isinstance(payload, dict) and "composite" in payload:  # the sketchpad's editor value
+            return self.read(payload.get("composite"), "sketch")
+        if isinstance(payload, str):
+            payload = {"path": payload}
+        if not isinstance(payload, dict):
+            raise InputError(f"{name}: not a file payload")
+        name = _display_name(payload.get("orig_name")) or name
+        url = payload.get("url")
+        if isinstance(url, str) and url.startswith("data:"):
+            return name, self._decode_data_url(url, name)
+        path = payload.get("path")
+        if not path:
+            if url:
+                raise InputError(f"{name}: only files sent to this server are read, not URLs")
+            return None
+        if not isinstance(path, str) or not self.allows(path):
+            raise InputError(f"{name}: not a file uploaded to this server")
+        try:
+            return name, read_image_bytes(path, self.max_bytes)
+        except InputError as exc:
+            raise InputError(str(exc).replace(path, name)) from None
+
+    def _decode_data_url(self, url: str, name: str) -> bytes:
+        header, _, body = url.partition(",")
+        if not header.endswith(";base64"):
+            raise InputError(f"{name}: inline data must be base64-encoded")
+        # 4 base64 characters carry 3 bytes: refuse before decoding anything too large.
+        if (len(body) // 4) * 3 > self.max_bytes + 2:
+            raise InputError(f"{name}: file too large (limit {self.max_bytes} bytes)")
+        try:
+            data = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(f"{name}: malformed inline data") from None
+        if len(data) > self.max_bytes:
+            raise InputError(f"{name}: file too large ({len(data)} bytes, limit {self.max_bytes})")
+        return data
+
+
+def _display_name(value: object) -> str:
+    """A client-given file name, safe to echo in one line of a message."""
+    if not isinstance(value, str):
+        return ""
+    printable = "".join(c if c.isprintable() else "?" for c in value)
+    return printable[:_NAME_LIMIT]

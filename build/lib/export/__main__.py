@@ -1,0 +1,232 @@
+"""python -m export: turn a Keras classifier into gated ONNX and TFLite artifacts.
+
+Two ways in: the shipped release (``--dataset fashion_mnist|cifar10|all``, from
+``models/<dataset>/model.keras``) and a user's own model (``--model PATH.keras --dataset NAME|PATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from train.native_logs import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
+
+from export.accuracy_control import REMEDIES, ControlSettings  # noqa: E402
+from export.parity import THRESHOLD_SYNTAX, parse_thresholds  # noqa: E402
+from export.pipeline import (  # noqa: E402
+    ARTIFACTS,
+    DEFAULT_CALIBRATION_SAMPLES,
+    DEFAULT_FORMATS,
+    ExportConfig,
+    Release,
+    export,
+)
+from export.publish import PublishError  # noqa: E402
+from export.quantize import CALIBRATION_METHODS  # noqa: E402
+from export.report import status_rows, status_text  # noqa: E402
+from export.source import ExportError, Preprocessing, Source, release_source, user_source  # noqa: E402
+from runtime.errors import RuntimeFailure  # noqa: E402
+from train.datasets import REGISTRY, DataError  # noqa: E402
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export ONNX and TFLite artifacts of a Keras image classifier, gate each one's parity with the "
+        "float model on the full test split, and publish those that pass with manifest.json. "
+        "Exit codes: 0 all published, 1 some artifact failed its gate, 2 usage or data error, 130 interrupted.",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="your own Keras model (.keras); without it, the release models/<dataset>/model.keras",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="all",
+        help=f"{', '.join(REGISTRY)}, 'all' (release only), or an image-folder tree (train/<class>/*, "
+        "test/<class>/*; a directory or .tar.gz): its test split is what the gate measures (default: all)",
+    )
+    parser.add_argument(
+        "--formats",
+        default=",".join(DEFAULT_FORMATS),
+        help=f"comma-separated artifacts out of {', '.join(DEFAULT_FORMATS)} (default: all of them)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to publish --model's artifacts (default: beside it, a folder named after the model file)",
+    )
+    preprocessing = parser.add_argument_group("what --model expects (written into every artifact's metadata)")
+    preprocessing.add_argument(
+        "--pixel-range",
+        metavar="LOW,HIGH",
+        help="the values pixels 0..255 map to: 0,1 (default), 0,255 (raw pixels as floats), -1,1 (MobileNet)",
+    )
+    preprocessing.add_argument("--mean", metavar="M[,M,M]", help="subtracted after the range (ImageNet style)")
+    preprocessing.add_argument("--std", metavar="S[,S,S]", help="divided by after the mean")
+    preprocessing.add_argument("--labels", help="comma-separated class names (default: the dataset's)")
+    parser.add_argument(
+        "--qat",
+        action="store_true",
+        help="also fine-tune with quantization-aware training and export int8 ONNX and TFLite from it (release only)",
+    )
+    parser.add_argument("--qat-epochs", type=int, default=1, help="QAT fine-tuning epochs (default: 1)")
+    parser.add_argument(
+        "--calibration-samples",
+        type=int,
+        help=f"training images used to calibrate int8 quantization (default: {DEFAULT_CALIBRATION_SAMPLES}, "
+        "or all of a smaller training split)",
+    )
+    parser.add_argument(
+        "--calibration-method",
+        choices=tuple(CALIBRATION_METHODS),
+        default="minmax",
+        help="ONNX Runtime calibration method for the int8 ONNX model (default: minmax)",
+    )
+    parser.add_argument(
+        "--thresholds",
+        default="",
+        help=f"override gate thresholds, e.g. 'int8=0.5:0.995:0.15' ({THRESHOLD_SYNTAX}; see README)",
+    )
+    control = parser.add_argument_group("accuracy control of int8 artifacts")
+    control.add_argument(
+        "--no-accuracy-control",
+        action="store_true",
+        help="do not try to repair an int8 artifact that fails its gate (calibration, equalization, float fallback)",
+    )
+    control.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="report the per-layer quantization error of int8 artifacts even when they pass",
+    )
+    control.add_argument(
+        "--remedies",
+        default=",".join(REMEDIES),
+        help=f"which remedies to try, always in this order (default: {','.join(REMEDIES)})",
+    )
+    control.add_argument(
+        "--max-float-ops",
+        type=int,
+        default=ControlSettings.max_float_ops,
+        help=f"most ops float fallback may keep in float (default: {ControlSettings.max_float_ops})",
+    )
+    parser.add_argument(
+        "--all-or-nothing",
+        action="store_true",
+        help="publish nothing unless every artifact passes (the shipped release: make export)",
+    )
+    parser.add_argument(
+        "--allow-worse",
+        action="store_true",
+        help="replace a published release even by a model far less accurate than it",
+    )
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS, help="where models/<dataset>/ live")
+    parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR, then the Keras cache)")
+    args = parser.parse_args(argv)
+    args.formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    unknown = [f for f in args.formats if f not in ARTIFACTS or "qat" in f]
+    if unknown or not args.formats:
+        parser.error(f"unknown --formats {unknown}; choose from {', '.join(DEFAULT_FORMATS)}")
+    try:
+        args.thresholds = parse_thresholds(args.thresholds)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.remedies = tuple(r.strip() for r in args.remedies.split(",") if r.strip())
+    if not set(args.remedies) <= set(REMEDIES):
+        parser.error(f"--remedies {','.join(args.remedies)}: choose from {','.join(REMEDIES)}")
+    for flag, least in (("calibration_samples", 1), ("qat_epochs", 1), ("max_float_ops", 0)):
+        value = getattr(args, flag)
+        if value is not None and value < least:
+            parser.error(f"--{flag.replace('_', '-')} must be at least {least}")
+    if args.model is None:
+        if args.dataset != "all" and args.dataset not in REGISTRY:
+            parser.error(
+                f"--dataset {args.dataset!r}: the release flow knows {', '.join(REGISTRY)} (use --model "
+                "to export your own model on an image folder)"
+            )
+        if any(getattr(args, f) is not None for f in ("pixel_range", "mean", "std", "labels", "out")):
+            parser.error("--pixel-range, --mean, --std, --labels and --out describe --model; give it too")
+    elif args.dataset == "all":
+        parser.error("--model needs --dataset: a registered dataset or an image-folder path to measure it on")
+    return args
+
+
+def sources(args: argparse.Namespace) -> list[Source] | list:
+    """What to export, loaded lazily one at a time (a release of two datasets, or one model)."""
+    if args.model is not None:
+        preprocessing = Preprocessing.parse(args.pixel_range, args.mean, args.std)
+        labels = tuple(label.strip() for label in args.labels.split(",")) if args.labels else None
+        return [lambda: user_source(args.model, args.dataset, args.data_dir, args.out, preprocessing, labels)]
+    names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
+    return [lambda name=name: release_source(name, args.models_dir, args.data_dir) for name in names]
+
+
+def report(release: Release, name: str) -> bool:
+    """Print the status table and what happened; True if every artifact passed."""
+    print(status_text(status_rows(release.results, release.carried, release.latency_ms)))
+    if release.published:
+        print(f"{name}: published {len(release.published)} artifact(s) to {release.folder}")
+    if release.rejected:
+        held = [r for r in release.rejected if r.passed]
+        print(
+            f"error: {name}: parity gate failed for "
+            + ", ".join(f"{r.path} ({'; '.join(r.failures)})" for r in release.rejected if not r.passed)
+            + (f"; {len(held)} passing artifact(s) held back (--all-or-nothing)" if held else "")
+            + f"; candidates and reports kept in {release.folder / 'rejected'}",
+            file=sys.stderr,
+        )
+    return not release.rejected
+
+
+def quiet_libraries() -> None:
+    """Our log at INFO, the converters' chatter only when it matters."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("tf2onnx", "tensorflow", "absl", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_libraries()
+    config = ExportConfig(
+        formats=args.formats,
+        qat=args.qat,
+        qat_epochs=args.qat_epochs,
+        calibration_samples=args.calibration_samples,
+        calibration_method=args.calibration_method,
+        thresholds=args.thresholds,
+        all_or_nothing=args.all_or_nothing,
+        allow_worse=args.allow_worse,
+        control=ControlSettings(
+            enabled=not args.no_accuracy_control,
+            remedies=args.remedies,
+            diagnose=args.diagnose,
+            max_float_ops=args.max_float_ops,
+        ),
+    )
+    all_passed = True
+    try:
+        for load in sources(args):
+            source = load()
+            all_passed &= report(export(source, config), source.data.name)
+    except (ExportError, DataError, RuntimeFailure, PublishError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: nothing was published by the unfinished run", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if all_passed else EXIT_GATE_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

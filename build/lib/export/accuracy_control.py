@@ -1,0 +1,264 @@
+"""Accuracy-aware int8: when a post-training int8 artifact fails the gate, find out why and repair it.
+
+(Dynamic-range TFLite artifacts, int8 weights with activations quantized on the fly, get the one
+remedy that applies to them: cross-layer equalization.)
+
+The loop NNCF's ``quantize_with_accuracy_control`` runs, for both formats and under our gate:
+
+1. **Diagnose**: the quantization error of every quantized tensor (``export.diagnose``).
+2. **Calibration choices**, cheapest first: other methods (percentile, entropy), symmetric
+   activations, a larger calibration sample.
+3. **Cross-layer equalization** (``export.equalize``), alone and with the best calibration.
+4. **Float fallback**: keep the quantizer groups (a tensor's producer and consumers) with the
+   worst error in float, one at a time, re-measuring after each; a group that does not help is
+   put back. Stops when the gate would pass, or at ``max_float_ops`` ops or ``max_size_share``
+   of the fp32 file.
+
+Every candidate is measured against the float model on a validation sample of *training* images
+that the calibration sample does not contain, with the same gate rule; the test split is left
+alone until the chosen artifact faces the normal gate on it. A run whose int8 artifacts pass
+plainly never gets here and pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from export.diagnose import LayerError, onnx_layer_errors, short_name, tflite_layer_errors, worst_first
+from export.parity import Figures, ParityResult, Threshold, measure
+from export.quantize import Int8Recipe
+
+if TYPE_CHECKING:
+    from export.pipeline import Builder
+
+log = logging.getLogger(__name__)
+
+
+REMEDIES = ("calibration", "equalization", "fallback")
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    enabled: bool = True  # --no-accuracy-control turns it off
+    remedies: tuple[str, ...] = REMEDIES  # --remedies: which to try (always in this order)
+    diagnose: bool = False  # --diagnose: the per-layer report even for artifacts that pass
+    max_float_ops: int = 8
+    max_size_share: float = 0.35  # of the fp32 artifact of the same format ...
+    min_size_headroom: float = 0.10  # ... or plain int8 plus this share of fp32, if plain int8 is already larger
+    validation_samples: int = 3000
+
+
+@dataclass
+class Trial:
+    remedy: str
+    recipe: Int8Recipe
+    figures: Figures
+    passes: bool
+    bytes: int
+
+    def record(self) -> dict:
+        return {
+            "remedy": self.remedy,
+            "accuracy": self.figures.accuracy,
+            "delta_pp": round(self.figures.delta_pp, 4),
+            "confident_agreement": self.figures.confident_agreement,
+            "drift_p99": round(self.figures.drift_p99, 5),
+            "passes": self.passes,
+            "bytes": self.bytes,
+        }
+
+
+class Validation:
+    """Training images, those outside the calibration sample first, with the float model's answers.
+
+    A training split too small to hold both is reused whole: the comparison is between two
+    versions of one model, so images the model was fitted or calibrated on still show what
+    quantization changes."""
+
+    def __init__(self, builder: Builder, samples: int) -> None:
+        data = builder.source.data
+        calibration = set(
+            np.random.default_rng(builder.config.seed)
+            .permutation(len(data.x_train))[: builder.config.calibration_samples]
+            .tolist()
+        )
+        order = np.random.default_rng(builder.config.seed + 1).permutation(len(data.x_train))
+        outside = [i for i in order if i not in calibration]
+        chosen = np.sort(np.array((outside + [i for i in order if i in calibration])[:samples], dtype=np.int64))
+        from export.pipeline import float_reference
+
+        self.images = data.x_train[chosen]
+        self.targets = data.y_train[chosen]
+        self.reference = float_reference(builder.source, builder.source.pixels(self.images))
+
+
+def layer_errors(builder: Builder, name: str, path: Path, recipe: Int8Recipe) -> list[LayerError]:
+    """The per-layer report of the int8 artifact ``name`` built from ``recipe`` at ``path``."""
+    from export.pipeline import ARTIFACTS
+
+    spec = ARTIFACTS[name]
+    info = builder.info_for(spec)
+    images = builder.calibration_for(recipe.samples)
+    if spec.format == "onnx":
+        return onnx_layer_errors(builder.int8.onnx_quantizer(recipe, info).prepared, path, images, info)
+    return tflite_layer_errors(builder.int8.calibrated(recipe, info), path.read_bytes(), images, info)
+
+
+def safe_layer_errors(builder: Builder, name: str, path: Path, recipe: Int8Recipe) -> list[LayerError]:
+    """:func:`layer_errors`, or none (with a warning) if the debugging tools fail on this model."""
+    try:
+        return layer_errors(builder, name, path, recipe)
+    except Exception as exc:  # the report is information: never fail an export on it
+        log.warning("%s: per-layer report not available (%s: %s)", path.name, type(exc).__name__, exc)
+        return []
+
+
+def diagnose(builder: Builder, name: str, path: Path, result: ParityResult) -> None:
+    """Attach the per-layer report to ``result`` (``--diagnose``, or a failing int8 artifact)."""
+    result.layer_errors = [e.as_dict() for e in safe_layer_errors(builder, name, path, builder.default_int8())]
+
+
+def control_accuracy(
+    builder: Builder, name: str, threshold: Threshold, settings: ControlSettings, failed: ParityResult
+) -> dict:
+    """Repair the failing int8 artifact ``name`` in place; returns what was tried and chosen."""
+    from export.pipeline import ARTIFACTS, evaluator
+
+    spec = ARTIFACTS[name]
+    path = builder.staging / spec.filename
+    validation = Validation(builder, settings.validation_samples)
+    run = evaluator(spec, builder.info_for(spec))
+    plain = builder.default_int8()
+    errors = safe_layer_errors(builder, name, path, plain) if spec.precision == "int8" else []
+    worst = worst_first(errors)
+    if worst:
+        log.info(
+            "%s: worst quantized tensors: %s",
+            spec.filename,
+            ", ".join(f"{short_name(e.name)} ({e.sqnr_db:.1f} dB)" for e in worst[:3]),
+        )
+
+    def trial(remedy: str, recipe: Int8Recipe) -> Trial:
+        builder.build(name, recipe)
+        figures = measure(run(path, validation.images), validation.reference, validation.targets)
+        passes = not figures.failures(threshold)
+        log.info(
+            "  %s: validation accuracy %.2f%% (%+.2f pp), confident agreement %.2f%%: %s",
+            remedy,
+            100 * figures.accuracy,
+            figures.delta_pp,
+            100 * figures.confident_agreement,
+            "would pass" if passes else "would fail",
+        )
+        return Trial(remedy, recipe, figures, passes, path.stat().st_size)
+
+    tried = [trial("plain post-training int8", plain)]
+    fp32_bytes = _fp32_bytes(builder, spec.format)
+    size_limit = max(settings.max_size_share, tried[0].bytes / fp32_bytes + settings.min_size_headroom) * fp32_bytes
+    candidates = []
+    if spec.precision == "int8" and "calibration" in settings.remedies:  # dynamic-range ones are not calibrated
+        candidates = _calibration_choices(
+            spec.format, plain, builder.config.calibration_samples, len(builder.source.data.x_train)
+        )
+    chosen = next((t for t in (trial(label, recipe) for label, recipe in candidates) if _keep(t, tried)), None)
+    if chosen is None and "equalization" in settings.remedies:
+        base = _best(tried)
+        equalized = trial("cross-layer equalization", replace(plain, equalize=True))
+        tried.append(equalized)
+        if not equalized.passes and base.recipe != plain:
+            tried.append(trial(f"cross-layer equalization + {base.remedy}", replace(base.recipe, equalize=True)))
+        chosen = next((t for t in tried if t.passes), None)
+    if chosen is None and "fallback" in settings.remedies and spec.precision == "int8":
+        chosen = _fallback(trial, _best(tried), worst, settings.max_float_ops, size_limit, tried)
+    final = chosen if chosen is not None else _best(tried)
+    builder.build(name, final.recipe)
+    return {
+        "chosen": final.remedy if final.recipe != plain else "none",
+        "float_ops": list(final.recipe.float_ops),
+        "recipe": final.recipe.describe(),
+        "tried": [t.record() for t in tried],
+        "before": {
+            "accuracy": failed.accuracy,
+            "delta_pp": failed.delta_pp,
+            "confident_agreement": failed.confident_agreement,
+        },
+        "failures_before": list(failed.failures),
+        "validation_images": len(validation.images),
+        "layer_errors": [e.as_dict() for e in errors],
+    }
+
+
+def _keep(candidate: Trial, tried: list[Trial]) -> bool:
+    tried.append(candidate)
+    return candidate.passes
+
+
+def _calibration_choices(fmt: str, plain: Int8Recipe, samples: int, available: int) -> list[tuple[str, Int8Recipe]]:
+    """Calibration variants in order of cost; TFLite's calibrator only varies in sample size."""
+    larger = min(available, max(2 * samples, 2000))
+    choices = []
+    if fmt == "onnx":
+        choices += [
+            ("percentile calibration", replace(plain, method="percentile")),
+            ("symmetric activations", replace(plain, symmetric=True)),
+            ("entropy calibration", replace(plain, method="entropy")),
+        ]
+    if larger > samples:
+        choices.append((f"{larger} calibration images", replace(plain, samples=larger)))
+    return choices
+
+
+def _score(trial: Trial) -> tuple:
+    """How close a trial is to passing: fewer failures, then more confident answers kept, then accuracy."""
+    failures = (not trial.passes, trial.figures.drop_bound_pp > 0)
+    return (*failures, -trial.figures.confident_agreement, -trial.figures.accuracy)
+
+
+def _best(trials: list[Trial]) -> Trial:
+    return min(trials, key=_score)
+
+
+def _fallback(
+    trial, base: Trial, worst: list[LayerError], max_float_ops: int, size_limit: float, tried: list[Trial]
+) -> Trial | None:
+    """Greedy float fallback on top of ``base``: keep the worst quantizer groups in float one at a
+    time; a group that brings the candidate no closer to passing goes back to int8."""
+    current = base
+    prefix = "" if base is tried[0] else f"{base.remedy} + "
+    for error in worst:
+        new_ops = tuple(op for op in error.group if op not in current.recipe.float_ops)
+        if not new_ops:
+            continue
+        ops = current.recipe.float_ops + new_ops
+        if len(ops) > max_float_ops:
+            log.info("  float fallback stops: %d ops would exceed --max-float-ops %d", len(ops), max_float_ops)
+            break
+        candidate = trial(
+            f"{prefix}float fallback ({len(ops)} ops, last {short_name(error.name)})",
+            replace(current.recipe, float_ops=ops),
+        )
+        tried.append(candidate)
+        if candidate.bytes > size_limit:
+            log.info("  float fallback stops: the file would exceed %.0f KiB", size_limit / 1024)
+            break
+        if candidate.passes:
+            return candidate
+        if _score(candidate) < _score(current):
+            current = candidate
+    return None
+
+
+def _fp32_bytes(builder: Builder, fmt: str) -> int:
+    """The size of the fp32 artifact of this format (built if this run did not ask for it)."""
+    from export.pipeline import ARTIFACTS
+
+    name = f"{fmt}_fp32"
+    path = builder.staging / ARTIFACTS[name].filename
+    if not path.is_file():
+        builder.build(name)
+    return path.stat().st_size

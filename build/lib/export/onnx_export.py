@@ -1,0 +1,121 @@
+"""Keras -> ONNX fp32 with tf2onnx (int8 is ``export.quantize``'s).
+
+The ONNX graph takes NCHW input: tf2onnx then pushes the layout change through the whole
+convolutional graph, so ONNX Runtime runs no Transpose at all (checked by :func:`count_ops`).
+BatchNorm is folded into the convolutions by tf2onnx's optimizer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import onnx
+import tensorflow as tf
+import tf2onnx
+from onnx import helper, numpy_helper
+
+from runtime.metadata import METADATA_KEY, ModelInfo
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+
+def inference_function(model: keras.Model) -> tf.types.experimental.GenericFunction:
+    """The model's inference pass as a tf.function over NHWC float32 batches of any size."""
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)
+    return tf.function(lambda image: model(image, training=False), input_signature=[spec])
+
+
+def set_metadata(proto: onnx.ModelProto, info: ModelInfo) -> None:
+    """Write the runtime's self-description into ``metadata_props`` (replacing an older one)."""
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=METADATA_KEY, value=info.to_json())
+
+
+def _name_io(proto: onnx.ModelProto) -> None:
+    """Call the output ``probabilities`` and the batch axis ``batch``, for readable tooling."""
+    old = proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.output[:] = [OUTPUT_NAME if o == old else o for o in node.output]
+    proto.graph.output[0].name = OUTPUT_NAME
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+
+
+def keras_to_onnx(model: keras.Model, info: ModelInfo) -> onnx.ModelProto:
+    """Convert to an NCHW-input ONNX model with metadata, validated by the full checker."""
+    function = inference_function(model)
+    proto, _ = tf2onnx.convert.from_function(
+        function, input_signature=function.input_signature, opset=OPSET, inputs_as_nchw=[INPUT_NAME]
+    )
+    _name_io(proto)
+    proto.producer_name = "edgepack"
+    set_metadata(proto, info)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def store_weights_as_int8(proto: onnx.ModelProto) -> int:
+    """Store float Conv and MatMul weights as per-output-channel int8 behind DequantizeLinear.
+
+    tf2onnx folds a QAT model's weight fake-quantization into float constants, which leaves an
+    "int8" model with fp32-sized weights that ONNX Runtime cannot run as integer convolutions.
+    The folded weights already sit on a symmetric per-channel grid, so re-quantizing them with
+    scale max|w|/127 restores int8 storage; the parity gate measures whatever error remains.
+    Returns the number of weights converted.
+    """
+    initializers = {init.name: init for init in proto.graph.initializer}
+    dequantize_nodes = []
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "MatMul") or node.input[1] not in initializers:
+            continue
+        name = node.input[1]
+        weights = numpy_helper.to_array(initializers[name]).astype(np.float32)
+        axis = 0 if node.op_type == "Conv" else weights.ndim - 1  # output channels: OIHW rows, MatMul columns
+        others = tuple(i for i in range(weights.ndim) if i != axis)
+        scale = np.max(np.abs(weights), axis=others) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        shape = [1] * weights.ndim
+        shape[axis] = -1
+        quantized = np.clip(np.rint(weights / scale.reshape(shape)), -127, 127).astype(np.int8)
+        proto.graph.initializer.extend(
+            [
+                numpy_helper.from_array(quantized, f"{name}_int8"),
+                numpy_helper.from_array(scale, f"{name}_scale"),
+                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero_point"),
+            ]
+        )
+        dequantize_nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+                [f"{name}_dequantized"],
+                axis=axis,
+            )
+        )
+        node.input[1] = f"{name}_dequantized"
+    used = {i for node in proto.graph.node for i in node.input}
+    kept = [
+        init
+        for init in proto.graph.initializer
+        if init.name in used or init.name.endswith(("_int8", "_scale", "_zero_point"))
+    ]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    for node in reversed(dequantize_nodes):  # their inputs are initializers: first is a valid order
+        proto.graph.node.insert(0, node)
+    return len(dequantize_nodes)
+
+
+def count_ops(proto: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

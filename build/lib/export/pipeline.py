@@ -1,0 +1,404 @@
+"""One export run: build every requested artifact, gate each on parity, publish what passes.
+
+The steps, each in its own module: where the model comes from and how it is fed
+(``export.source``), the converters (``export.onnx_export``, ``export.tflite_export``,
+``export.qat``), the gate (``export.parity``), the repair of failing int8 artifacts
+(``export.accuracy_control``), the reports (``export.report``) and publishing (``export.publish``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from export.accuracy_control import ControlSettings, control_accuracy, diagnose
+from export.latency import batch1_latency_ms
+from export.litert import LiteRTModel
+from export.onnx_export import count_ops, keras_to_onnx, store_weights_as_int8
+from export.parity import CONFIDENT_MARGIN, DEFAULT_THRESHOLDS, DRIFT_PERCENTILE, ParityResult, Threshold, compare
+from export.publish import manifest_entry, publish, staging_folder, still_valid_entries
+from export.quantize import Int8Factory, Int8Recipe
+from export.report import parity_json, parity_markdown, plot_confusion, plot_layer_errors
+from export.source import ExportError, Source
+from runtime.artifacts import MANIFEST, read_manifest, sha256_of
+from runtime.classifier import Classifier
+from runtime.environment import library_versions
+from runtime.errors import ModelError
+from runtime.metadata import ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    filename: str
+    format: str
+    precision: str
+    quantization: str = "ptq"
+
+
+ARTIFACTS: dict[str, ArtifactSpec] = {
+    "onnx_fp32": ArtifactSpec("model_fp32.onnx", "onnx", "fp32", "none"),
+    "onnx_int8": ArtifactSpec("model_int8.onnx", "onnx", "int8"),
+    "tflite_fp32": ArtifactSpec("model_fp32.tflite", "tflite", "fp32", "none"),
+    "tflite_fp16": ArtifactSpec("model_fp16.tflite", "tflite", "fp16"),
+    "tflite_dynamic": ArtifactSpec("model_dynamic.tflite", "tflite", "dynamic"),
+    "tflite_int8": ArtifactSpec("model_int8.tflite", "tflite", "int8"),
+    "onnx_qat_int8": ArtifactSpec("model_qat_int8.onnx", "onnx", "int8", "qat"),
+    "tflite_qat_int8": ArtifactSpec("model_qat_int8.tflite", "tflite", "int8", "qat"),
+}
+DEFAULT_FORMATS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization != "qat")
+QAT_FORMATS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization == "qat")
+DEFAULT_CALIBRATION_SAMPLES = 1000
+WORSE_RELEASE_MARGIN_PP = 1.0  # a new model this much less accurate than the release it replaces is refused
+
+
+@dataclass
+class ExportConfig:
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    qat: bool = False
+    qat_epochs: int = 1
+    calibration_samples: int | None = None  # None: DEFAULT_CALIBRATION_SAMPLES, or the whole training split if smaller
+    calibration_method: str = "minmax"
+    thresholds: dict[str, Threshold] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    seed: int = 0
+    all_or_nothing: bool = False
+    allow_worse: bool = False
+    control: ControlSettings = field(default_factory=ControlSettings)
+
+
+@dataclass
+class Release:
+    folder: Path
+    results: list[ParityResult]
+    published: list[ParityResult]
+    rejected: list[ParityResult]
+    latency_ms: dict[str, float]
+    carried: list[dict]  # manifest entries kept from an earlier run of the same model
+
+
+def calibration_sample(source: Source, samples: int, seed: int) -> np.ndarray:
+    """A fixed random sample of *training* images (never test images), sized for the model."""
+    indices = np.sort(np.random.default_rng(seed).permutation(len(source.data.x_train))[:samples])
+    return source.pixels(source.data.x_train[indices])
+
+
+def float_reference(source: Source, pixels: np.ndarray, model=None, batch_size: int = 256) -> np.ndarray:
+    """The float Keras model's probabilities, the reference every artifact is measured against."""
+    model = model or source.model
+    batches = [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)]
+    return np.concatenate(
+        [
+            np.asarray(model(source.inputs(b), training=False))
+            for b in tqdm(batches, desc="float reference", unit=" batch", leave=False)
+        ]
+    )
+
+
+class Builder:
+    """Writes candidate artifacts into the staging folder, converting shared pieces once."""
+
+    def __init__(self, source: Source, calibration: np.ndarray, config: ExportConfig, staging: Path) -> None:
+        self.source, self.calibration, self.config, self.staging = source, calibration, config, staging
+        workdir = staging / ".work"
+        workdir.mkdir(exist_ok=True)
+        self.int8 = Int8Factory(source.model, self.fp32_onnx, self.calibration_for, source.inputs, workdir)
+        self._fp32_onnx: onnx.ModelProto | None = None
+        self._qat_model = None
+        self._qat_reference: np.ndarray | None = None
+
+    def calibration_for(self, samples: int | None) -> np.ndarray:
+        """The export's calibration images, or another seeded training sample of ``samples``."""
+        if samples is None or samples == len(self.calibration):
+            return self.calibration
+        return calibration_sample(self.source, samples, self.config.seed)
+
+    def info_for(self, spec: ArtifactSpec, remedy: dict | None = None) -> ModelInfo:
+        extra = {**self.source.info.extra, "quantization": spec.quantization}
+        if spec.quantization == "ptq" and spec.precision == "int8":
+            extra["calibration"] = {
+                "samples": len(self.calibration),
+                "method": self.config.calibration_method,
+                "split": "train",
+                "seed": self.config.seed,
+            }
+            if spec.format == "onnx":
+                extra["first_conv"] = "float"  # see export.quantize.OnnxQuantizer.first_conv
+        if remedy:
+            extra["remedy"] = remedy
+        return replace(
+            self.source.info,
+            precision=spec.precision,
+            extra=extra,
+            layout="NCHW" if spec.format == "onnx" else "NHWC",
+        )
+
+    def fp32_onnx(self) -> onnx.ModelProto:
+        if self._fp32_onnx is None:
+            self._fp32_onnx = keras_to_onnx(self.source.model, self.info_for(ARTIFACTS["onnx_fp32"]))
+            ops = count_ops(self._fp32_onnx)
+            log.info("ONNX fp32 graph: %s", ops)
+            if ops.get("Transpose", 0):
+                log.warning("the ONNX graph keeps %d Transpose node(s)", ops["Transpose"])
+        return self._fp32_onnx
+
+    def qat_model(self):
+        if self._qat_model is None:
+            from export.qat import quantization_aware_model
+
+            self._qat_model = quantization_aware_model(
+                self.source.model, self.source.arch, self.source.data, self.config.qat_epochs
+            )
+        return self._qat_model
+
+    def qat_reference(self, test_pixels: np.ndarray) -> np.ndarray:
+        """The fine-tuned QAT model's own probabilities: what its conversions must reproduce."""
+        if self._qat_reference is None:
+            self._qat_reference = float_reference(self.source, test_pixels, self.qat_model())
+        return self._qat_reference
+
+    def default_int8(self) -> Int8Recipe:
+        return Int8Recipe(method=self.config.calibration_method)
+
+    def build(self, name: str, int8: Int8Recipe | None = None) -> Path:
+        """Write one artifact; ``int8`` overrides the default recipe of post-training quantized ones
+        (its equalization applies to dynamic-range ones too)."""
+        spec = ARTIFACTS[name]
+        path = self.staging / spec.filename
+        int8 = int8 or self.default_int8()
+        info = self.info_for(spec, int8.describe() if int8 != self.default_int8() else None)
+        if spec.quantization == "ptq" and spec.precision == "int8":
+            self.int8.build(spec.format, int8, info, path)
+        elif name == "onnx_fp32":
+            onnx.save(self.fp32_onnx(), path)
+        elif name == "onnx_qat_int8":
+            proto = keras_to_onnx(self.qat_model(), info)
+            store_weights_as_int8(proto)
+            onnx.checker.check_model(proto, full_check=True)
+            onnx.save(proto, path)
+        else:
+            from export.tflite_export import keras_to_tflite
+
+            model = self.qat_model() if spec.quantization == "qat" else self.int8.keras_model(int8)
+            path.write_bytes(keras_to_tflite(model, spec.precision, self.calibration, info))
+        if spec.format == "tflite":
+            path.with_name(path.name + ".json").write_text(info.to_json() + "\n")
+        return path
+
+
+def evaluator(spec: ArtifactSpec, info: ModelInfo) -> Callable[[Path, np.ndarray], np.ndarray]:
+    """How users run this kind of artifact: the runtime for ONNX (fed the dataset's images as
+    they are, so its own resizing is part of what is measured), LiteRT for TFLite (fed the same
+    images resized by the runtime's code)."""
+    if spec.format == "onnx":
+        return lambda path, images: Classifier(path, batch_size=256).predict(images)
+
+    def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
+        from runtime.preprocess import to_pixels
+
+        return LiteRTModel(path, info).run(to_pixels(images, info))
+
+    return run_tflite
+
+
+def _check_not_worse(source: Source, float_accuracy: float, sha256: str, config: ExportConfig) -> None:
+    """Refuse to replace a published release with a much less accurate model (15: a smoke run
+    over a release), unless told to."""
+    manifest_path = source.folder / MANIFEST
+    if config.allow_worse or not manifest_path.is_file():
+        return
+    try:
+        old = read_manifest(manifest_path)
+    except ModelError:
+        return
+    old_accuracy = old.get("float_accuracy")
+    if old.get("source", {}).get("sha256") == sha256 or not isinstance(old_accuracy, (int, float)):
+        return
+    if 100 * (old_accuracy - float_accuracy) > WORSE_RELEASE_MARGIN_PP:
+        raise ExportError(
+            f"{source.model_path}: test accuracy {100 * float_accuracy:.2f}% is far below the published "
+            f"release's {100 * old_accuracy:.2f}% in {source.folder}; refusing to replace it (--allow-worse to do it "
+            "anyway, or --out elsewhere)"
+        )
+
+
+def export(source: Source, config: ExportConfig) -> Release:
+    """Build, gate and publish one model's artifacts."""
+    names = list(config.formats) + (list(QAT_FORMATS) if config.qat else [])
+    if config.qat and source.arch is None:
+        raise ExportError(
+            f"{source.model_path}: --qat rebuilds a train/ architecture in tf_keras, and this model has none "
+            "recorded (metrics.json); export it without --qat"
+        )
+    available = len(source.data.x_train)
+    if config.calibration_samples is None:
+        config = replace(config, calibration_samples=min(DEFAULT_CALIBRATION_SAMPLES, available))
+    elif not 1 <= config.calibration_samples <= available:
+        raise ExportError(f"--calibration-samples must be between 1 and {available}, the training images")
+    with staging_folder(source.folder) as staging:
+        test_pixels = source.pixels(source.data.x_test)
+        reference = float_reference(source, test_pixels)
+        float_accuracy = float(np.mean(reference.argmax(1) == source.data.y_test))
+        sha256 = sha256_of(source.model_path)
+        log.info("%s: float model test accuracy %.2f%%", source.data.name, 100 * float_accuracy)
+        _check_not_worse(source, float_accuracy, sha256, config)
+        calibration = calibration_sample(source, config.calibration_samples, config.seed)
+        source.info = replace(source.info, float_accuracy=round(float_accuracy, 6))
+        builder = Builder(source, calibration, config, staging)
+        results, predictions, latency = [], {}, {}
+        for name in tqdm(names, desc=f"exporting {source.data.name}", unit=" artifact"):
+            result, probabilities = _gate_one(name, builder, test_pixels, reference, config)
+            predictions[name] = probabilities.argmax(1)
+            latency[result.path] = _latency(ARTIFACTS[name], builder, staging / result.path, test_pixels)
+            results.append(result)
+        context = _context(source, config, float_accuracy, sha256, calibration)
+        carried = still_valid_entries(source.folder, sha256, {r.path for r in results})
+        _write_reports(staging, results, carried, predictions, source, context, latency)
+        passed = [r for r in results if r.passed]
+        publishing = passed and not (config.all_or_nothing and len(passed) < len(results))
+        manifest = None
+        if publishing:
+            entries = [manifest_entry(r, staging) for r in passed] + carried
+            entries.sort(key=lambda e: _release_rank(e["path"]))
+            manifest = {key: context[key] for key in context} | {"artifacts": entries}
+        published, rejected = publish(staging, source.folder, results, config.all_or_nothing, manifest)
+    return Release(source.folder, results, published, rejected, latency, carried if manifest else [])
+
+
+def _gate_one(
+    name: str, builder: Builder, test_pixels: np.ndarray, reference: np.ndarray, config: ExportConfig
+) -> tuple[ParityResult, np.ndarray]:
+    """Build one artifact and measure it on the full test split; repair a failing int8 one."""
+    spec = ARTIFACTS[name]
+    source = builder.source
+    started = time.perf_counter()
+    try:
+        path = builder.build(name)
+    except (ExportError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # converters fail with their own exception types
+        raise ExportError(f"{spec.filename}: conversion failed ({conversion_reason(exc)})") from None
+    run = evaluator(spec, builder.info_for(spec))
+    qat_source = builder.qat_reference(test_pixels) if spec.quantization == "qat" else None
+    threshold = config.thresholds[spec.precision]
+    probabilities = run(path, source.data.x_test)
+    describe = dict(name=name, path=spec.filename, format=spec.format, precision=spec.precision)
+    result = compare(
+        probabilities,
+        reference,
+        source.data.y_test,
+        threshold,
+        source=qat_source,
+        quantization=spec.quantization,
+        bytes=path.stat().st_size,
+        **describe,
+    )
+    post_training_int8 = spec.precision == "int8" and spec.quantization == "ptq"
+    repairable = spec.precision in ("int8", "dynamic") and spec.quantization == "ptq"
+    if not result.passed and repairable and config.control.enabled:
+        log.info("%s fails the gate (%s): trying remedies", spec.filename, "; ".join(result.failures))
+        repaired = control_accuracy(builder, name, threshold, config.control, result)
+        probabilities = run(path, source.data.x_test)  # the final gate on the full test split
+        result = compare(
+            probabilities,
+            reference,
+            source.data.y_test,
+            threshold,
+            quantization=spec.quantization,
+            bytes=path.stat().st_size,
+            **describe,
+        )
+        result.remedy = repaired
+        result.layer_errors = repaired.pop("layer_errors", [])
+    elif post_training_int8 and (config.control.diagnose or not result.passed):
+        diagnose(builder, name, path, result)
+    log.info(
+        "%s: accuracy %.2f%% (%+.3f pp, bound %.2f pp), confident agreement %.2f%%, drift %.3f (%.0f s)%s",
+        spec.filename,
+        100 * result.accuracy,
+        result.delta_pp,
+        result.drop_bound_pp,
+        100 * result.confident_agreement,
+        result.drift_p99,
+        time.perf_counter() - started,
+        "" if result.passed else " FAILED: " + "; ".join(result.failures),
+    )
+    return result, probabilities
+
+
+def conversion_reason(exc: BaseException) -> str:
+    """One line from a converter's error, naming the op or layer it could not handle."""
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    named = [line for line in lines if any(word in line for word in ("Unsupported", "unsupported", "op", "layer"))]
+    reason = (named or lines or [type(exc).__name__])[-1]
+    return reason[:300]
+
+
+def _latency(spec: ArtifactSpec, builder: Builder, path: Path, test_pixels: np.ndarray) -> float:
+    """Batch-1 latency (median, one thread) of the artifact as users run it: cheap, informative."""
+    try:
+        if spec.format == "onnx":
+            classifier = Classifier(path, threads=1)
+            return batch1_latency_ms(lambda x: classifier.run(x), test_pixels[:1])
+        model = LiteRTModel(path, builder.info_for(spec), threads=1)
+        return batch1_latency_ms(lambda x: model.run(x), test_pixels[:1])
+    except Exception as exc:  # latency is information only: never fail an export on it
+        log.warning("%s: latency not measured (%s)", path.name, exc)
+        return float("nan")
+
+
+def _context(source: Source, config: ExportConfig, float_accuracy: float, sha256: str, calibration) -> dict:
+    return {
+        "dataset": source.data.name,
+        "labels": list(source.info.labels),
+        "float_accuracy": float_accuracy,
+        "test_images": len(source.data.x_test),
+        "source": {"path": source.model_path.name, "sha256": sha256},
+        "calibration": {
+            "samples": len(calibration),
+            "method": config.calibration_method,
+            "split": "train",
+            "seed": config.seed,
+        },
+        "thresholds": {p: asdict(t) for p, t in config.thresholds.items()},
+        "gate": {"confident_margin": CONFIDENT_MARGIN, "drift_percentile": DRIFT_PERCENTILE, "confidence": 0.95},
+        "versions": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _write_reports(
+    staging: Path,
+    results: list[ParityResult],
+    carried: list[dict],
+    predictions: dict[str, np.ndarray],
+    source: Source,
+    context: dict,
+    latency: dict[str, float],
+) -> None:
+    rows = sorted(results, key=lambda r: _release_rank(r.path))
+    (staging / "parity.json").write_text(parity_json(rows, carried, context, latency))
+    (staging / "parity.md").write_text(parity_markdown(rows, carried, context, latency))
+    plot_layer_errors(rows, staging / "quantization_error.png")
+    if "onnx_int8" in predictions:
+        plot_confusion(
+            predictions["onnx_int8"],
+            source.data.y_test,
+            source.info.labels,
+            f"{source.data.name}: ONNX int8 on the test split",
+            staging / "confusion_int8.png",
+        )
+
+
+def _release_rank(filename: str) -> int:
+    """Where a file stands in reports and manifests: the order of ``ARTIFACTS``."""
+    names = [spec.filename for spec in ARTIFACTS.values()]
+    return names.index(filename) if filename in names else len(names)

@@ -1,0 +1,142 @@
+"""The Classifier: an ONNX Runtime session plus the metadata that says how to feed it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.artifacts import find_artifact, verify_artifact
+from runtime.errors import ModelError
+from runtime.metadata import METADATA_KEY, ModelInfo
+from runtime.preprocess import ImageSource, as_sources, normalize, to_pixels
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}
+
+
+def bounded_threads(threads: int | None) -> int | None:
+    """``threads`` capped at the machine's cores: more only adds threads that wait (and memory)."""
+    cores = os.cpu_count() or 1
+    if threads is None:
+        return None
+    if threads < 1:
+        raise ModelError(f"threads must be at least 1, not {threads}")
+    if threads > cores:
+        log.warning("%d threads asked for, %d cores here: using %d", threads, cores, cores)
+        return cores
+    return threads
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """All graph optimizations, one inter-op thread, ``threads`` intra-op threads (None: all cores)."""
+    threads = bounded_threads(threads)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = threads or 0
+    options.log_severity_level = 3
+    return options
+
+
+def open_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session, with a one-line error for anything that is not a usable model."""
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, not an ONNX model file")
+    if path.exists() and not path.is_file():
+        raise ModelError(f"{path}: not a regular file")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: empty model file")
+    try:
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a loadable ONNX model ({reason[:200]})") from None
+
+
+def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
+    """The model's self-description, checked against the graph's actual input."""
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise ModelError(f"{path}: no {METADATA_KEY!r} metadata (labels, input layout, scaling); re-export it")
+    info = ModelInfo.from_json(props[METADATA_KEY], str(path))
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ModelError(f"{path}: expected one input, found {len(inputs)}")
+    shape, dtype = inputs[0].shape, _ORT_TYPES.get(inputs[0].type)
+    fixed = [d if isinstance(d, int) else None for d in shape[1:]]
+    if len(shape) != 4 or any(d is not None and d != want for d, want in zip(fixed, info.input_shape)):
+        raise ModelError(f"{path}: input shape {shape} cannot take {info.layout} images of {info.input_shape}")
+    if dtype != info.dtype:
+        raise ModelError(f"{path}: input type {inputs[0].type} does not match metadata dtype {info.dtype}")
+    outputs = session.get_outputs()
+    classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if len(outputs) != 1 or (isinstance(classes, int) and classes != info.num_classes):
+        raise ModelError(f"{path}: the metadata names {info.num_classes} labels but the model outputs {classes} scores")
+    return info
+
+
+class Classifier:
+    """Classify images with one ONNX model; safe to share between threads.
+
+    ``predict`` accepts one image or a sequence of them (paths, bytes, PIL images, uint8 arrays,
+    batch arrays) and returns an (N, num_classes) array of probabilities.
+    """
+
+    def __init__(self, model: str | os.PathLike, threads: int | None = None, batch_size: int = 32) -> None:
+        self.path = Path(model)
+        self.session = open_session(self.path, threads)
+        verify_artifact(self.path)
+        self.info = read_model_info(self.session, self.path)
+        self.input_name = self.session.get_inputs()[0].name
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        self.batch_size = 1 if batch_dim == 1 else max(1, batch_size)
+
+    @classmethod
+    def for_dataset(
+        cls, dataset: str, precision: str = "int8", models_dir: str | os.PathLike | None = None, **kwargs
+    ) -> Classifier:
+        """The shipped artifact of ``dataset`` at ``precision``, as listed in its manifest."""
+        return cls(find_artifact(dataset, precision, "onnx", Path(models_dir) if models_dir else None), **kwargs)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.info.labels
+
+    def pixels(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
+        """The images as the model sees them: NxHxWxC uint8, resized and colour-converted."""
+        batches = [to_pixels(source, self.info, i) for i, source in enumerate(as_sources(images))]
+        if not batches:
+            return np.zeros((0, self.info.height, self.info.width, self.info.channels), np.uint8)
+        return batches[0] if len(batches) == 1 else np.concatenate(batches)
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities for an NxHxWxC uint8 batch, fed to the session in chunks."""
+        outputs = [
+            self.session.run(None, {self.input_name: normalize(pixels[i : i + self.batch_size], self.info)})[0]
+            for i in range(0, len(pixels), self.batch_size)
+        ]
+        if not outputs:
+            return np.zeros((0, self.info.num_classes), np.float32)
+        merged = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        return merged.astype(np.float32, copy=False)
+
+    def predict(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
+        return self.run(self.pixels(images))
+
+    def top_k(self, probabilities: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        """Per row, the ``k`` most probable labels with their probabilities, best first."""
+        k = max(1, min(k, self.info.num_classes))
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        return [[(self.labels[j], float(row[j])) for j in idx] for row, idx in zip(probabilities, order)]
+
+    def classify(self, images: ImageSource | Sequence[ImageSource], top_k: int = 3) -> list[list[tuple[str, float]]]:
+        return self.top_k(self.predict(images), top_k)

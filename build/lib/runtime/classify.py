@@ -1,0 +1,188 @@
+"""python -m runtime.classify: print the top classes of image files with an exported ONNX model.
+
+Exit codes: 0 every input classified; 1 some inputs failed (each named on stderr, the others still
+classified); 2 usage or model errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from runtime.classifier import Classifier
+from runtime.errors import InputError, RuntimeFailure
+from runtime.preprocess import find_images, to_pixels
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_BATCH_SIZE = 4096
+LOOKAHEAD = 64  # decoded images waiting per worker
+CORES = os.cpu_count() or 1
+DATASETS = ("fashion_mnist", "cifar10")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.classify",
+        description="Classify images with an exported ONNX model (ONNX Runtime only). "
+        "Exit codes: 0 all classified, 1 some inputs failed, 2 usage or model error.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, help="an ONNX model exported by edgepack")
+    source.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="fashion_mnist",
+        help="use this dataset's shipped model (default: fashion_mnist)",
+    )
+    parser.add_argument(
+        "--precision", choices=("int8", "fp32"), default="int8", help="precision of the shipped model (default: int8)"
+    )
+    parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line, for scripts")
+    parser.add_argument(
+        "--threads", type=int, help="ONNX Runtime intra-op threads, at most the core count (default: all cores)"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="images per inference call (default: 32)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="threads decoding images, at most the core count (default: --threads, else all cores)",
+    )
+    args = parser.parse_args(argv)
+    for flag in ("top_k", "batch_size", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.batch_size > MAX_BATCH_SIZE:
+        parser.error(f"--batch-size must be at most {MAX_BATCH_SIZE}")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
+    args.workers = min(args.workers or args.threads or CORES, CORES)
+    return args
+
+
+def expand_inputs(inputs: list[str]) -> Iterator[tuple[str, InputError | None]]:
+    """Each file to classify, or an error for an argument that names no image at all."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found, problems = find_images(path)
+            yield from ((item, problem) for problem in problems)
+            if not found and not problems:
+                yield item, InputError(f"{item}: directory contains no images")
+            yield from ((str(p), None) for p in found)
+        elif not path.exists() and glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                yield item, InputError(f"{item}: no files match this pattern")
+            yield from ((m, None) for m in matches if not Path(m).is_dir())
+        else:
+            yield item, None
+
+
+def display_name(name: str) -> str:
+    """A file name that prints on any terminal: bytes that are not UTF-8 (kept by Python as
+    surrogate escapes) are written as \\xNN, so one odd name cannot stop the output."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def format_human(name: str, top: list[tuple[str, float]]) -> str:
+    (label, prob), rest = top[0], top[1:]
+    others = ", ".join(f"{lab} {100 * p:.1f}%" for lab, p in rest)
+    return f"{display_name(name)}: {label} {100 * prob:.1f}%" + (f" ({others})" if others else "")
+
+
+def format_json(name: str, top: list[tuple[str, float]], labels: tuple[str, ...]) -> str:
+    index = {label: i for i, label in enumerate(labels)}
+    ranked = [{"label": lab, "index": index[lab], "probability": round(p, 6)} for lab, p in top]
+    return json.dumps({"file": display_name(name), **ranked[0], "top_k": ranked})
+
+
+def decoded(
+    items: Iterator[tuple[str, InputError | None]], info, workers: int
+) -> Iterator[tuple[str, np.ndarray | InputError]]:
+    """Each input decoded and preprocessed, in input order, by ``workers`` threads.
+
+    Decoding dominates a folder's time; Pillow releases the GIL while it decodes and resizes, so
+    threads scale with cores. At most ``LOOKAHEAD`` images per worker wait decoded, bounding memory."""
+
+    def load(item: tuple[str, InputError | None]) -> tuple[str, np.ndarray | InputError]:
+        name, problem = item
+        if problem is not None:
+            return name, problem
+        try:
+            return name, to_pixels(name, info)
+        except InputError as exc:
+            return name, exc
+
+    if workers <= 1:
+        yield from map(load, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(load, item))
+            if len(pending) >= LOOKAHEAD * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def classify_files(clf: Classifier, inputs: list[str], top_k: int, as_json: bool, workers: int = 1) -> int:
+    """Classify in batches, printing each result in input order; returns how many inputs failed."""
+    failed = 0
+    pending: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        probabilities = clf.run(np.concatenate([pixels for _, pixels in pending]))
+        for (name, _), top in zip(pending, clf.top_k(probabilities, top_k)):
+            print(format_json(name, top, clf.labels) if as_json else format_human(name, top), flush=False)
+        sys.stdout.flush()
+        pending.clear()
+
+    for name, result in decoded(expand_inputs(inputs), clf.info, workers):
+        if isinstance(result, InputError):
+            failed += 1
+            print(f"error: {display_name(str(result))}", file=sys.stderr)
+        else:
+            pending.append((name, result))
+        if len(pending) >= clf.batch_size:
+            flush()
+    flush()
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.model:
+            clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size)
+        else:
+            clf = Classifier.for_dataset(args.dataset, args.precision, threads=args.threads, batch_size=args.batch_size)
+        failed = classify_files(clf, args.inputs, args.top_k, args.json, args.workers)
+    except RuntimeFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        sys.stderr.close()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

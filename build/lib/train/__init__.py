@@ -1,0 +1,1 @@
+"""edgepack's training stage: dataset registry, CNN architectures and the training loop."""

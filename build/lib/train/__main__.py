@@ -1,0 +1,151 @@
+"""python -m train: train the CNNs and write model.keras, metrics, curves and sample pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from train.native_logs import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
+
+from train.datasets import REGISTRY, DataError, load_dataset  # noqa: E402
+
+log = logging.getLogger("train")
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models"
+QUICK_OUT = Path(__file__).resolve().parent.parent / "runs" / "quick"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from train.models import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train a Keras CNN and write models/<dataset>/model.keras, history.json, metrics.json, "
+        "curves.png and samples.png. Uses every local GPU when present, else the CPU.",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="all",
+        help=f"{', '.join(REGISTRY)}, 'all', or the path of an image-folder tree "
+        "(train/<class>/*, test/<class>/*; a directory or .tar.gz) (default: all)",
+    )
+    parser.add_argument(
+        "--arch",
+        choices=sorted(ARCHITECTURES),
+        help="architecture (default: edge_airbench)",
+    )
+    parser.add_argument("--epochs", type=int, help="epochs (default: the architecture's recipe)")
+    parser.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's, 512 or 128)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed; runs are deterministic (default: 42)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the training split held out for validation (default: 0.1)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a minutes-long smoke run on a small subset, written to runs/quick/ (never over a release)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output root; files go to OUT/<dataset>/ (default: models/, or runs/quick/ with --quick)",
+    )
+    parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR, then the Keras cache)")
+    args = parser.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        parser.error("--epochs must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if not 0 < args.val_fraction < 1:
+        parser.error("--val-fraction must be between 0 and 1")
+    args.out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
+    return args
+
+
+def release_accuracy(folder: Path) -> float | None:
+    """The test accuracy of a full (not --quick) training run published in ``folder``, if any."""
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        return None if metrics.get("quick") else float(metrics["test_accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_output(folder: Path, quick: bool) -> None:
+    """Refuse a smoke run over a release; say so when a real run will replace one; and make sure
+    the folder can be written before any minutes of training."""
+    accuracy = release_accuracy(folder)
+    if accuracy is not None and quick:
+        raise TrainError(
+            f"{folder} holds a trained release ({100 * accuracy:.2f}% test accuracy); a --quick run never "
+            "replaces one: leave --out out (runs/quick/) or point it elsewhere"
+        )
+    if accuracy is not None:
+        log.warning(
+            "%s holds a release at %.2f%% test accuracy; this run replaces it when it finishes", folder, 100 * accuracy
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TrainError(f"{folder}: cannot write the training outputs there ({exc.strerror or exc})") from None
+
+
+class TrainError(Exception):
+    """A run that must not or cannot start: its output folder."""
+
+
+def run(args: argparse.Namespace) -> None:
+    from train.fit import TrainConfig, train
+    from train.models import default_arch
+    from train.plots import plot_curves, plot_samples
+
+    names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
+    for name in names:
+        dataset = load_dataset(name, args.data_dir)
+        arch = args.arch or default_arch(dataset.name, dataset.input_shape[-1])
+        out = args.out / dataset.name
+        check_output(out, args.quick)
+        plot_samples(dataset.x_train, dataset.y_train, dataset.labels, out / "samples.png")
+        metrics = train(
+            TrainConfig(
+                dataset, arch, out, args.epochs, args.batch_size, args.seed, args.val_fraction, args.quick, args.resume
+            )
+        )
+        history = json.loads((out / "history.json").read_text())
+        plot_curves(
+            history, f"{dataset.name} / {arch}: test accuracy {100 * metrics['test_accuracy']:.2f}%", out / "curves.png"
+        )
+        print(f"{dataset.name}: {arch} test accuracy {100 * metrics['test_accuracy']:.2f}% -> {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (DataError, TrainError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the disk filled up or a folder turned read-only mid-run
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

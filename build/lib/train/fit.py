@@ -1,0 +1,358 @@
+"""Fitting a model: device and backend, schedule, checkpoints and final outputs (batches: train/batches.py).
+
+A run writes into ``<out>/<dataset>/``: ``model.keras`` (float32, atomically), ``history.json``,
+``metrics.json`` and, while it runs, ``checkpoints/`` (a backup every epoch for ``--resume``, the
+best model by validation accuracy, and the per-epoch log). The validation split is carved out of
+the training split; accuracy is reported on the official test split only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from runtime.environment import cpu_name, library_versions
+from train.batches import Augment, Batches
+from train.datasets import DataError, Dataset, subset, train_val_split
+from train.initialization import init_airbench
+from train.models import WHITEN_LAYER, build_model, saved_layout
+from train.optimizer import AirbenchSGD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an architecture is trained; the baseline keeps the seed notebook's plain recipe.
+
+    The learning rate rises linearly from ``start_lr_fraction`` of its peak over the warm-up
+    epochs, then follows a cosine down to ``end_lr_fraction`` of it. Weight decay is Keras'
+    decoupled kind (multiplied by the learning rate).
+    """
+
+    epochs: int
+    learning_rate: float
+    optimizer: str = "sgd"
+    augment: Augment = Augment(translate=3, flip=True)
+    label_smoothing: float = 0.1
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 2
+    batch_size: int = 128
+    momentum: float = 0.9
+    start_lr_fraction: float = 0.0
+    end_lr_fraction: float = 0.0
+    lookahead: bool = False
+    norm_bias_lr_scale: float = 1.0  # BatchNorm biases learn this much faster (airbench: 64)
+
+
+RECIPES = {
+    "baseline": Recipe(
+        epochs=10,
+        learning_rate=1e-3,
+        optimizer="adam",
+        augment=Augment(),
+        label_smoothing=0.0,
+        weight_decay=0.0,
+        warmup_epochs=0,
+    ),
+    "edge_vgg": Recipe(epochs=30, learning_rate=0.05),
+    "edge_resnet": Recipe(
+        epochs=160, learning_rate=0.05, weight_decay=5e-3, augment=Augment(translate=4, flip=True, cutout=16)
+    ),
+    # airbench's hyperparameters translated to Keras (batch 512, mean loss, decoupled decay):
+    # lr 11.5 per 1024 summed examples at momentum 0.85 is 0.75 here, weight decay 0.0153 is 0.009.
+    "edge_airbench": Recipe(
+        epochs=40,
+        learning_rate=0.75,
+        momentum=0.85,
+        batch_size=512,
+        weight_decay=0.009,
+        label_smoothing=0.2,
+        warmup_epochs=2,
+        start_lr_fraction=0.2,
+        augment=Augment(translate=2, flip=True, alternate_flip=True, cutout=8),
+        lookahead=True,
+        norm_bias_lr_scale=64.0,
+    ),
+}
+
+
+@dataclass
+class TrainConfig:
+    dataset: Dataset
+    arch: str
+    out_dir: Path
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int = 42
+    val_fraction: float = 0.1
+    quick: bool = False
+    resume: bool = False
+
+    @property
+    def recipe(self) -> Recipe:
+        """The architecture's recipe, with this run's batch size if one was asked for."""
+        recipe = RECIPES[self.arch]
+        return replace(recipe, batch_size=self.batch_size) if self.batch_size else recipe
+
+
+def select_device() -> tuple[AbstractContextManager, str, bool]:
+    """All local GPUs with mixed precision when present, else the CPU; no flag needed.
+
+    Returns the scope to build the model in (TensorFlow's multi-GPU strategy; JAX places
+    the model itself), the device in words, and whether mixed precision is on.
+    """
+    gpus = _gpu_names()
+    if not gpus:
+        keras.mixed_precision.set_global_policy("float32")
+        return nullcontext(), f"CPU ({cpu_name()}, {os.cpu_count()} cores)", False
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    scope = nullcontext()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        scope = tf.distribute.MirroredStrategy().scope()
+    return scope, f"{len(gpus)} GPU ({', '.join(gpus)})", True
+
+
+def _gpu_names() -> list[str]:
+    """The local GPUs the active Keras backend can use, by name."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+    if backend == "jax":
+        import jax
+
+        return [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    return []
+
+
+def _make_deterministic(seed: int) -> None:
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
+    if recipe.optimizer == "adam":
+        return keras.optimizers.Adam(recipe.learning_rate)
+    warmup = min(recipe.warmup_epochs, max(epochs - 1, 0)) * steps_per_epoch
+    total = epochs * steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=recipe.learning_rate * (recipe.start_lr_fraction if warmup else 1.0),
+        decay_steps=max(total - warmup, 1),
+        alpha=recipe.end_lr_fraction,
+        warmup_target=recipe.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    options = {"momentum": recipe.momentum, "nesterov": True, "weight_decay": recipe.weight_decay or None}
+    if recipe.lookahead or recipe.norm_bias_lr_scale != 1.0:
+        lookahead = {"total_steps": total} if recipe.lookahead else {"every": 0}
+        return AirbenchSGD(schedule, norm_bias_lr_scale=recipe.norm_bias_lr_scale, **lookahead, **options)
+    return keras.optimizers.SGD(schedule, **options)
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Re-seed every random layer (Dropout, augmentation layers) at the start of each epoch.
+
+    Keras keeps a random layer's state in a SeedGenerator that no checkpoint saves, so a resumed
+    run would draw other dropout masks than an uninterrupted one. Seeded from (seed, epoch, layer),
+    the masks depend only on those and the step, and a resumed run repeats the original exactly.
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        generators = [
+            layer.seed_generator for layer in self.model._flatten_layers() if hasattr(layer, "seed_generator")
+        ]
+        for index, generator in enumerate(generators):
+            value = np.random.default_rng([self.seed, epoch, index]).integers(0, 2**31, dtype=np.int64)
+            generator.state.assign(np.array([value, 0], dtype=generator.state.dtype))
+
+
+def _resumed_epoch(backup: Path) -> int:
+    """The epoch an interrupted run resumes at (0 for a fresh run): what BackupAndRestore restores."""
+    try:
+        return int(json.loads((backup / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _read_log(path: Path) -> dict[str, list[float]]:
+    """The per-epoch log as columns, keeping the last row of an epoch logged twice."""
+    if not path.is_file():
+        return {}
+    rows: dict[int, dict[str, str]] = {}
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            rows[int(row["epoch"])] = row
+    columns: dict[str, list[float]] = {}
+    for epoch in sorted(rows):
+        for key, value in rows[epoch].items():
+            columns.setdefault(key, []).append(float(value))
+    return columns
+
+
+def _atomic_save(model: keras.Model, path: Path) -> None:
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.keras")
+    model.save(partial)
+    partial.replace(path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(payload, indent=2) + "\n")
+    partial.replace(path)
+
+
+def train(config: TrainConfig) -> dict:
+    """Train, select the best epoch on validation, evaluate on test, and write the outputs."""
+    _make_deterministic(config.seed)
+    scope, device, mixed = select_device()
+    log.info(
+        "training %s on %s with %s%s", config.arch, config.dataset.name, device, " (mixed precision)" if mixed else ""
+    )
+
+    data = subset(config.dataset, 2000, 500, config.seed) if config.quick else config.dataset
+    recipe = config.recipe
+    epochs = config.epochs or (2 if config.quick else recipe.epochs)
+    (x_train, y_train), (x_val, y_val) = train_val_split(data.x_train, data.y_train, config.val_fraction, config.seed)
+    k, batch_size = data.num_classes, recipe.batch_size
+    if len(x_train) < batch_size:
+        raise DataError(
+            f"{data.name}: {len(x_train)} training images (after the validation hold-out) do not fill one batch "
+            f"of {batch_size}; use a smaller --batch-size"
+        )
+
+    out = config.out_dir
+    ckpt = out / "checkpoints"
+    if not config.resume and ckpt.exists():
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    log_path = ckpt / "epochs.csv"
+    best_so_far = max(_read_log(log_path).get("val_accuracy", [None]) or [None], default=None)
+    if config.resume and not (ckpt / "backup").exists():
+        log.warning("nothing to resume in %s: starting from epoch 1", ckpt)
+    first_epoch = _resumed_epoch(ckpt / "backup") if config.resume else 0
+
+    workers = min(4, os.cpu_count() or 1)
+    train_ds = Batches(
+        x_train,
+        y_train,
+        k,
+        batch_size,
+        training=True,
+        augment=recipe.augment,
+        seed=config.seed,
+        workers=workers,
+        first_epoch=first_epoch,
+    )
+    val_ds = Batches(x_val, y_val, k, batch_size, workers=workers)
+    test_ds = Batches(data.x_test, data.y_test, k, batch_size)
+
+    with scope:
+        model = build_model(config.arch, data.input_shape, k, training_layout=True)
+        if WHITEN_LAYER in {layer.name for layer in model.layers}:
+            init_airbench(model, x_train, WHITEN_LAYER, config.seed)
+        model.compile(
+            optimizer=_optimizer(recipe, len(train_ds), epochs),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+            metrics=["accuracy"],
+        )
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(ckpt / "backup"), delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(
+            str(ckpt / "best.keras"),
+            monitor="val_accuracy",
+            mode="max",
+            save_best_only=True,
+            initial_value_threshold=best_so_far,
+        ),
+        keras.callbacks.CSVLogger(str(log_path), append=config.resume),
+        EpochSeeds(config.seed),
+    ]
+    started = time.perf_counter()
+    # shuffle=False: Batches orders each epoch itself from (seed, epoch); Keras would otherwise also
+    # reorder the batches with Python's global random state, which no checkpoint restores.
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=1 if os.isatty(2) else 2,
+    )
+    wall = time.perf_counter() - started
+
+    final = _float32_copy(config.arch, ckpt / "best.keras" if (ckpt / "best.keras").exists() else model)
+    test_acc, test_loss = evaluate(final, test_ds)
+    history = _read_log(log_path)
+    metrics = {
+        "dataset": data.name,
+        "arch": config.arch,
+        "test_accuracy": float(test_acc),
+        "test_loss": float(test_loss),
+        "best_val_accuracy": max(history.get("val_accuracy", [float("nan")])),
+        "params": int(final.count_params()),
+        "epochs": len(history.get("epoch", [])),
+        "train_images": len(x_train),
+        "val_images": len(x_val),
+        "test_images": len(data.x_test),
+        "batch_size": batch_size,
+        "seed": config.seed,
+        "quick": config.quick,
+        "recipe": asdict(recipe),
+        "wall_time_s": round(wall, 1),
+        "device": device,
+        "mixed_precision": mixed,
+        "backend": keras.backend.backend(),
+        "versions": library_versions((keras.backend.backend(), "keras", "numpy")),
+        "labels": list(data.labels),
+        "input_shape": list(data.input_shape),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_save(final, out / "model.keras")
+    write_json(out / "history.json", history)
+    write_json(out / "metrics.json", metrics)
+    log.info(
+        "%s/%s: test accuracy %.2f%% (%d params, %.0f s)",
+        data.name,
+        config.arch,
+        100 * test_acc,
+        metrics["params"],
+        wall,
+    )
+    return metrics
+
+
+def _float32_copy(arch: str, source: keras.Model | Path) -> keras.Model:
+    """The trained weights in a plain float32 model in its saved layout, free of optimizer state
+    and GPU policy."""
+    trained = keras.models.load_model(source, compile=False) if isinstance(source, Path) else source
+    keras.mixed_precision.set_global_policy("float32")
+    return saved_layout(trained, arch)
+
+
+def evaluate(model: keras.Model, test: Batches) -> tuple[float, float]:
+    """Test accuracy and plain (unsmoothed) cross-entropy."""
+    p, y = model.predict(test, verbose=0), test.y
+    loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))))
+    return float(np.mean(p.argmax(1) == y)), loss

@@ -1,0 +1,57 @@
+"""Keep TensorFlow's native notices off the terminal, so a user sees progress bars and results.
+
+TensorFlow 2.21 writes start-up notices (oneDNN, CUDA probes, CPU features) through absl before
+its own log settings apply, so ``TF_CPP_MIN_LOG_LEVEL`` cannot silence them; the TFLite converter
+and LiteRT print more from C++. While native code runs, file descriptor 2 goes to a temporary file;
+afterwards every line is replayed except the known notices, so a real error still shows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+NOTICES = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog"
+    r"|[IW]\d{4} [\d:. ]+\d+ (port|cudart_stub|cpu_feature_guard|cuda_executor|gpu_device)\.cc:"
+    r"|E\d{4} [\d:. ]+\d+ cuda_platform\.cc:\d+\] failed call to cuInit"
+    r"|To enable the following instructions:"
+    r"|fully_quantize: \d"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate"
+    r"|INFO: Initialized TensorFlow Lite runtime)"
+)
+
+
+@contextmanager
+def native_notices_filtered() -> Iterator[None]:
+    """Run the block with native stderr captured, then replay all but the known notices."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if line.strip() and not NOTICES.search(line):
+                    print(line, file=sys.stderr)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow (if Keras will use it and it is installed) without its start-up notices."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" or "tensorflow" in sys.modules:
+        return
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    with native_notices_filtered():
+        import tensorflow  # noqa: F401

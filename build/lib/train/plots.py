@@ -1,0 +1,53 @@
+"""Pictures a person checks before trusting a model: example images and learning curves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.png")
+    fig.savefig(partial, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    partial.replace(path)
+
+
+def plot_samples(
+    images: np.ndarray, targets: np.ndarray, labels: tuple[str, ...], path: Path, per_class: int = 4
+) -> None:
+    """A grid with ``per_class`` example images of every class, each column one class."""
+    fig, axes = plt.subplots(per_class, len(labels), figsize=(1.3 * len(labels), 1.45 * per_class), squeeze=False)
+    for col, label in enumerate(labels):
+        picks = np.flatnonzero(targets == col)[:per_class]
+        for row in range(per_class):
+            ax = axes[row, col]
+            ax.axis("off")
+            if row < len(picks):
+                image = images[picks[row]]
+                ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+            if row == 0:
+                ax.set_title(label, fontsize=8)
+    _save(fig, path)
+
+
+def plot_curves(history: dict[str, list[float]], title: str, path: Path) -> None:
+    """Loss and accuracy per epoch, training beside validation."""
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if history.get(prefix + metric):
+                ax.plot(epochs, history[prefix + metric], style, label=("validation " if prefix else "train ") + metric)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
