@@ -63,6 +63,7 @@ def _cell(key: str, p50_ms: float) -> dict:
 
 def test_targets_report_met_missed_and_not_measured():
     result = {
+        "dataset": "cifar10",
         "config": {"threads": [1]},
         "cells": [
             _cell("ort_int8", 0.20),
@@ -79,6 +80,9 @@ def test_targets_report_met_missed_and_not_measured():
     by_name = {row["target"]: row for row in targets(result)}
     ort_vs_litert = by_name["ORT int8 vs LiteRT int8 latency (batch 1, 1 thread(s))"]
     assert ort_vs_litert["value"] == pytest.approx(0.8) and ort_vs_litert["met"] is True
+    assert ort_vs_litert["goal"] == "<= 1.1x"  # CIFAR-10's; Fashion-MNIST's is 1.3x
+    result["cells"][2] = _cell("litert_int8", 0.17)
+    assert {row["target"]: row for row in targets(result)}[ort_vs_litert["target"]]["met"] is False
     overhead = by_name["runtime overhead over a bare session (batch 1, 1 thread(s))"]
     assert overhead["value"] == pytest.approx(10.0) and overhead["met"] is True
     speedup = by_name["runtime speed-up over Keras predict (batch 1, 1 thread(s))"]
@@ -89,13 +93,13 @@ def test_targets_report_met_missed_and_not_measured():
     assert by_name["classify cold start vs import tensorflow"]["value"] == pytest.approx(0.1)
 
 
-def test_quick_run_writes_reports_and_skips_a_missing_artifact(exported_models, tmp_path):
+def test_quick_run_writes_reports_and_skips_a_missing_artifact(exported_models, small_data_dir, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(exported_models / "fashion_mnist", models / "fashion_mnist")
     (models / "fashion_mnist" / "model_fp16.tflite").unlink()
     out = tmp_path / "reports"
 
-    assert main(["--models-dir", str(models), "--quick", "--out", str(out)]) == 0
+    assert main(["--models-dir", str(models), "--quick", "--out", str(out), "--data-dir", str(small_data_dir)]) == 0
 
     result = json.loads((out / "bench-fashion_mnist.json").read_text())
     keys = {cell["key"] for cell in result["cells"]}
@@ -122,11 +126,15 @@ def test_quick_run_writes_reports_and_skips_a_missing_artifact(exported_models, 
         assert model["load_s"] > 0 and model["peak_rss_mib"] > 10
     assert result["models"]["keras_call"]["peak_rss_mib"] > result["models"]["ort_int8"]["peak_rss_mib"]
     assert result["cold_start"]["classify"]["median_s"] > 0
+    folder = result["folder"]  # real test images classified as a folder, 1 worker and every core
+    assert folder["images"] == 200 and "1" in folder["workers"]
+    assert all(figures["best_ips"] > 0 for figures in folder["workers"].values())
     assert result["machine"]["cores"] >= 1 and "onnxruntime" in result["versions"]
     assert {row["target"] for row in result["targets"]} >= {"classify cold start (median)"}
 
     text = (out / "bench-fashion_mnist.md").read_text()
     assert "## Targets" in text and "ORT int8 (runtime)" in text and "model_fp16.tflite" in text
+    assert "## Folder throughput" in text
     with Image.open(out / "bench-fashion_mnist.png") as chart:
         assert chart.format == "PNG" and chart.width > 500
 

@@ -225,3 +225,15 @@ def test_missing_data_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
 def test_architectures_stay_edge_sized(arch):
     for shape in ((28, 28, 1), (32, 32, 3)):
         assert build_model(arch, shape, 10).count_params() <= 1_000_000
+
+
+def test_ablation_tabulates_variants_on_the_same_budget(tmp_path, small_data_dir):
+    from train.ablation import main as ablation
+
+    args = ["--dataset", "fashion_mnist", "--epochs", "1", "--only", "1,4,9", "--out", str(tmp_path)]
+    assert ablation([*args, "--data-dir", str(small_data_dir)]) == 0
+    rows = json.loads((tmp_path / "fashion_mnist" / "ablation.json").read_text())
+    assert [r["variant"] for r in rows] == ["full recipe", "- lookahead", "seed notebook CNN, no augmentation"]
+    assert all(r["epochs"] == 1 and 0 < r["test_accuracy"] <= 1 for r in rows)
+    table = (tmp_path / "fashion_mnist" / "ablation.md").read_text()
+    assert "| - lookahead |" in table and "pp |" in table
