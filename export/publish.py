@@ -18,6 +18,8 @@ import logging
 import os
 import shutil
 import signal
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,18 +31,6 @@ from runtime.errors import ModelError
 log = logging.getLogger(__name__)
 
 REJECTED, SUPERSEDED = "rejected", "superseded"
-MANIFEST_KEYS = (
-    "dataset",
-    "labels",
-    "float_accuracy",
-    "test_images",
-    "source",
-    "calibration",
-    "thresholds",
-    "gate",
-    "versions",
-    "created",
-)
 
 
 class PublishError(Exception):
@@ -64,9 +54,9 @@ def staging_folder(folder: Path) -> Iterator[Path]:
     except OSError as exc:
         raise PublishError(f"{folder}: cannot write the export there ({exc.strerror or exc})") from None
     previous = signal.getsignal(signal.SIGTERM)
-    in_main_thread = _in_main_thread()
+    in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, lambda signum, frame: _terminate(staging, signum))
     try:
         yield staging
     finally:
@@ -75,14 +65,26 @@ def staging_folder(folder: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _in_main_thread() -> bool:
-    import threading
+def _terminate(staging: Path, signum: int) -> None:
+    """SIGTERM: remove the candidates and leave at once. Raising SystemExit instead is not enough:
+    converter code that catches every exception would swallow it and carry on. (Publishing blocks
+    SIGTERM while it renames, so a release is never left half moved.)"""
+    shutil.rmtree(staging, ignore_errors=True)
+    print("terminated: nothing was published by the unfinished run", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
-    return threading.current_thread() is threading.main_thread()
 
-
-def _terminate(signum: int, frame) -> None:
-    raise SystemExit(128 + signum)
+@contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """Hold SIGTERM back for a short critical section (it is delivered right after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def publish(
@@ -99,16 +101,17 @@ def publish(
         _reject(staging, folder, rejected)
     if manifest is None:
         return published, rejected
-    _supersede(folder, manifest)
-    for result in published:
-        for name in artifact_files(result.path):
-            (staging / name).replace(folder / name)
-    for name in ("parity.json", "parity.md", "confusion_int8.png", "quantization_error.png"):
-        if (staging / name).is_file():
-            (staging / name).replace(folder / name)
-    partial = folder / f".{MANIFEST}.{os.getpid()}.partial"
-    partial.write_text(json.dumps(json_safe(manifest), indent=2, allow_nan=False) + "\n")
-    partial.replace(folder / MANIFEST)
+    with sigterm_deferred():
+        _supersede(folder, manifest)
+        for result in published:
+            for name in artifact_files(result.path):
+                (staging / name).replace(folder / name)
+        for name in ("parity.json", "parity.md", "confusion_int8.png", "quantization_error.png"):
+            if (staging / name).is_file():
+                (staging / name).replace(folder / name)
+        partial = folder / f".{MANIFEST}.{os.getpid()}.partial"
+        partial.write_text(json.dumps(json_safe(manifest), indent=2, allow_nan=False) + "\n")
+        partial.replace(folder / MANIFEST)
     log.info("published %d artifact(s) to %s", len(published), folder)
     return published, rejected
 

@@ -134,7 +134,13 @@ def parity_markdown(results: list[ParityResult], carried: list[dict], context: d
         "",
         f"Float Keras model `{context['source']['path']}`: test accuracy **{100 * context['float_accuracy']:.2f}%** "
         f"on {context['test_images']} test images. Calibration: {context['calibration']['samples']} training images, "
-        f"{context['calibration']['method']}.",
+        f"{context['calibration']['method']}."
+        + (
+            f" **Test-time augmentation in every artifact ({context['tta']})**: the float reference includes it, and "
+            "batch-1 latency below is that of the averaged model."
+            if context.get("tta", "none") != "none"
+            else ""
+        ),
         "",
         *_markdown_table(HEADER, status_rows(results, carried, latency)),
         "",

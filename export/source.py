@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -107,8 +108,17 @@ def load_keras_model(path: Path) -> keras.Model:
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a damaged or foreign archive
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{path}: cannot load the Keras model ({reason[:300]})") from None
+        raise ExportError(f"{path}: cannot load the Keras model ({load_failure(exc)})") from None
+
+
+def load_failure(exc: BaseException) -> str:
+    """The useful part of a Keras loading error: the class it could not find, when that is the cause
+    (Keras buries it under the outer model's own deserialization message)."""
+    text = str(exc).strip()
+    unknown = re.search(r"Could not locate (?:class|function) '[^']+'", text)
+    if unknown:
+        return f"{unknown.group(0)}: a custom layer or function the model needs; import or register it first"
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def release_source(dataset: str, models_dir: Path, data_dir: str | None) -> Source:

@@ -78,9 +78,12 @@ def test_plain_int8_fails_on_the_outlier_channel(outlier_model, small_data_dir, 
     rejected = json.loads((out / "rejected" / "parity.json").read_text())
     for row in rejected["artifacts"]:
         if row["precision"] == "int8":  # the report is there even without repairs, and names the culprit first
-            worst = min(row["layer_errors"], key=sqnr)
-            assert "conv2d" in worst["name"] and sqnr(worst) < 0  # the outlier tensor, far below the others
-            assert worst["tensor_sqnr_db"] > 30  # while its whole-tensor SQNR would look healthy
+            # the quantizers on the outlier's path (the conv's output, unless ONNX keeps the first conv in
+            # float, and the max-pool that carries it on) are far below every other one
+            bad = [e for e in row["layer_errors"] if sqnr(e) < 0]
+            assert 1 <= len(bad) <= 2 and all("conv2d" in e["name"] or "pool" in e["name"] for e in bad)
+            assert all(sqnr(e) > 20 for e in row["layer_errors"] if e not in bad)
+            assert all(e["tensor_sqnr_db"] > 30 for e in bad)  # while their whole-tensor SQNR looks healthy
 
 
 @pytest.mark.parametrize("remedies", ["calibration,equalization,fallback", "fallback"])

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 
 from export.__main__ import main
 from runtime.classifier import Classifier
@@ -16,6 +17,11 @@ from tests.conftest import PATTERN_CLASSES
 from train.datasets import load_image_folder
 
 FORMATS = "onnx_fp32,onnx_int8,tflite_fp32,tflite_int8"
+
+
+def export_nested(model, folder, out, *extra: str) -> int:
+    """The nested model (raw 0..255 pixels in) exported on the pattern folder into ``out``."""
+    return main(["--model", str(model), "--dataset", str(folder), "--pixel-range", "0,255", "--out", str(out), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +85,7 @@ def test_classify_command_uses_the_exported_preprocessing(mobilenet_export, patt
 
 def test_nested_model_with_logits_and_another_input_size(nested_model, pattern_folder, tmp_path):
     out = tmp_path / "nested-release"
-    code = main(
-        [
-            "--model",
-            str(nested_model),
-            "--dataset",
-            str(pattern_folder),
-            "--pixel-range",
-            "0,255",
-            "--out",
-            str(out),
-            "--formats",
-            FORMATS,
-        ]
-    )
+    code = export_nested(nested_model, pattern_folder, out, "--formats", FORMATS)
     assert code == 0
     clf = Classifier(out / "model_int8.onnx")
     assert (clf.info.height, clf.info.width) == (40, 40)  # the model's size, not the data's 32x32
@@ -161,3 +154,21 @@ def test_a_model_that_cannot_be_loaded_names_the_layer(tmp_path, pattern_folder,
     assert main(["--model", str(path), "--dataset", str(pattern_folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert "Mystery" in err and len(err.splitlines()) == 1
+
+
+def test_flip_tta_is_baked_into_the_graph_and_stated(nested_model, pattern_folder, tmp_path):
+    out = tmp_path / "tta"
+    assert (
+        export_nested(
+            nested_model, pattern_folder, out, "--formats", "onnx_fp32,onnx_int8,tflite_int8", "--tta", "flip"
+        )
+        == 0
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tta"] == "flip: 2 passes averaged" and all(e["passed"] for e in manifest["artifacts"])
+    assert "Test-time augmentation in every artifact" in (out / "parity.md").read_text()
+    clf = Classifier(out / "model_fp32.onnx")
+    assert clf.info.extra["tta"] == "flip: 2 passes averaged"
+    image = np.asarray(Image.open(next((pattern_folder / "test" / "rings").iterdir())))
+    # averaged over an image and its mirror, the model cannot tell the two apart
+    np.testing.assert_allclose(clf.predict(image), clf.predict(image[:, ::-1].copy()), atol=1e-5)

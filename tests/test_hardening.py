@@ -231,38 +231,22 @@ def test_sigterm_during_export_leaves_no_staging_folder(exported_models, trained
     assert (folder / "manifest.json").read_bytes() == (trained_models / "fashion_mnist" / "manifest.json").read_bytes()
 
 
+def export_small_model(trained_models, small_data_dir, *extra: str) -> subprocess.CompletedProcess:
+    model = trained_models / "fashion_mnist" / "model.keras"
+    common = ("--model", str(model), "--dataset", "fashion_mnist", "--data-dir", str(small_data_dir))
+    return run("export", *common, *extra, text=True)
+
+
 def test_export_into_an_unwritable_folder_fails_before_the_work(trained_models, small_data_dir, tmp_path):
     blocker = tmp_path / "models"
     blocker.write_text("a file where a folder should be")
-    result = run(
-        "export",
-        "--model",
-        str(trained_models / "fashion_mnist" / "model.keras"),
-        "--dataset",
-        "fashion_mnist",
-        "--data-dir",
-        str(small_data_dir),
-        "--out",
-        str(blocker / "out"),
-        text=True,
-    )
+    result = export_small_model(trained_models, small_data_dir, "--out", str(blocker / "out"))
     assert result.returncode == 2 and "cannot write the export there" in one_line_error(result.stderr)
     assert "float reference" not in result.stderr  # refused before the model was run
 
 
 def test_calibration_samples_are_checked_before_the_work(trained_models, small_data_dir):
-    result = run(
-        "export",
-        "--model",
-        str(trained_models / "fashion_mnist" / "model.keras"),
-        "--dataset",
-        "fashion_mnist",
-        "--data-dir",
-        str(small_data_dir),
-        "--calibration-samples",
-        "999999",
-        text=True,
-    )
+    result = export_small_model(trained_models, small_data_dir, "--calibration-samples", "999999")
     assert result.returncode == 2 and "--calibration-samples must be between 1 and" in one_line_error(result.stderr)
     assert "float reference" not in result.stderr
 

@@ -232,12 +232,15 @@ def _decode_entries(entries: Iterator[Entry], source: Path, labels: tuple[str, .
             raise DataError(
                 f"{source}: no images under {split}/<class>/ (expected train/<class>/*.jpg and test/<class>/*.jpg)"
             )
-    _check_classes(source, collected, folders, labels)
     found = sorted({label for label, _ in collected["train"]})
-    labels = labels or tuple(found)
-    unknown = sorted({label for split in collected.values() for label, _ in split} - set(labels))
+    expected = labels or tuple(found)
+    unknown = sorted({label for split in collected.values() for label, _ in split} - set(expected))
     if unknown or len(found) < 2:
-        raise DataError(f"{source}: class folders {unknown or found} do not match the expected classes {list(labels)}")
+        raise DataError(
+            f"{source}: class folders {unknown or found} do not match the expected classes {list(expected)}"
+        )
+    _check_classes(source, collected, folders, labels)
+    labels = expected
     index = {label: i for i, label in enumerate(labels)}
     arrays = []
     for split in ("train", "test"):

@@ -12,6 +12,8 @@ from benchmarks.bench import BenchConfig, BenchError, benchmark
 from benchmarks.report import write_reports
 from runtime.artifacts import MANIFEST, default_models_dir
 
+log = logging.getLogger("benchmarks")
+
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "reports"
 
 
@@ -47,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=thread_list, help="comma-separated counts or 'all' (default: 1,all)")
     parser.add_argument("--budget-s", type=float, help="timing budget per cell in seconds (default: 2)")
     parser.add_argument("--cold-runs", type=int, help="fresh-process runs per cold-start command (default: 5)")
+    parser.add_argument(
+        "--folder-images",
+        type=int,
+        help="real test images for the folder-throughput step, from --data-dir (default: 4000; 0 skips it)",
+    )
+    parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR)")
     parser.add_argument("--quick", action="store_true", help="a smoke run in under a minute per dataset")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report folder (default: reports/)")
     args = parser.parse_args(argv)
@@ -54,12 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--budget-s must be positive")
     if args.cold_runs is not None and args.cold_runs < 0:
         parser.error("--cold-runs must be 0 or more")
+    if args.folder_images is not None and args.folder_images < 0:
+        parser.error("--folder-images must be 0 or more")
     return args
 
 
 def config_from(args: argparse.Namespace) -> BenchConfig:
     config = BenchConfig.quick() if args.quick else BenchConfig()
-    for name in ("batch_sizes", "threads", "budget_s", "cold_runs"):
+    for name in ("batch_sizes", "threads", "budget_s", "cold_runs", "folder_images"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     return config
@@ -77,6 +87,17 @@ def dataset_folders(models_dir: Path, dataset: str) -> list[Path]:
     return folders
 
 
+def test_images(dataset: str, data_dir: str | None):
+    """The dataset's test images for the folder step, or None (with a note) where there is no data."""
+    from train.datasets import DataError, load_dataset
+
+    try:
+        return load_dataset(dataset, data_dir).x_test
+    except DataError as exc:
+        log.warning("folder throughput skipped: %s", exc)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -86,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if not models_dir.is_dir():
             raise BenchError(f"{models_dir}: no such models folder")
         for folder in dataset_folders(models_dir, args.dataset):
-            paths = write_reports(benchmark(folder, config), args.out)
+            paths = write_reports(benchmark(folder, config, test_images(folder.name, args.data_dir)), args.out)
             print(f"{folder.name}: " + ", ".join(str(p) for p in paths))
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from benchmarks.coldstart import cold_start, write_sample_image
 from benchmarks.contenders import Contender, discover
+from benchmarks.folder import all_cores, folder_throughput
 from benchmarks.stats import summarize
 from runtime.environment import library_versions, machine_info
 
@@ -35,12 +36,23 @@ class BenchConfig:
     warmup: int = 3
     min_iterations: int = 10
     cold_runs: int = 5
+    folder_images: int = 4000  # real test images for the folder-throughput step (0: skip it)
+    folder_runs: int = 3
     seed: int = 0
 
     @classmethod
     def quick(cls, batch_sizes: list[int] | None = None, threads: list[int] | None = None) -> BenchConfig:
         """A smoke run of every code path in well under a minute per dataset."""
-        return cls(batch_sizes or [1, 8], threads or [1], budget_s=0.05, warmup=1, min_iterations=3, cold_runs=1)
+        return cls(
+            batch_sizes or [1, 8],
+            threads or [1],
+            budget_s=0.05,
+            warmup=1,
+            min_iterations=3,
+            cold_runs=1,
+            folder_images=200,
+            folder_runs=1,
+        )
 
 
 def run_worker(contender: Contender, path: Path, threads: int, config: BenchConfig, tick) -> list[dict]:
@@ -70,14 +82,19 @@ def run_worker(contender: Contender, path: Path, threads: int, config: BenchConf
     return records
 
 
-def benchmark(folder: Path, config: BenchConfig) -> dict:
-    """All figures for one dataset folder (``models/<dataset>``), as the report's raw JSON."""
+def benchmark(folder: Path, config: BenchConfig, test_images=None) -> dict:
+    """All figures for one dataset folder (``models/<dataset>``), as the report's raw JSON.
+
+    ``test_images`` (the dataset's, uint8) feed the folder-throughput step; None skips it."""
     contenders, skipped = discover(folder)
     if not contenders:
         raise BenchError(f"{folder}: nothing to benchmark ({'; '.join(skipped) or 'empty folder'})")
     onnx_int8 = folder / "model_int8.onnx"
     cold = any(c.key == "ort_int8" for c in contenders)
+    workers = sorted({1, all_cores()})
+    folder_step = cold and test_images is not None and config.folder_images > 0
     total = len(contenders) * len(config.threads) * len(config.batch_sizes) + (3 * config.cold_runs if cold else 0)
+    total += len(workers) * config.folder_runs if folder_step else 0
     cells, models, failures = [], {}, []
     with tqdm(total=total, desc=f"bench {folder.name}", unit=" cell") as bar:
         for contender in contenders:
@@ -90,6 +107,14 @@ def benchmark(folder: Path, config: BenchConfig) -> dict:
                 cold_figures = _measure_cold_start(onnx_int8, config, bar.update)
             except RuntimeError as exc:
                 failures.append(f"cold start: {exc}")
+        folder_figures = None
+        if folder_step:
+            bar.set_postfix_str("folder throughput")
+            try:
+                images = test_images[: config.folder_images]
+                folder_figures = folder_throughput(onnx_int8, images, workers, config.folder_runs, bar.update)
+            except RuntimeError as exc:
+                failures.append(f"folder throughput: {exc}")
     return {
         "dataset": folder.name,
         "models_dir": str(folder),
@@ -100,6 +125,7 @@ def benchmark(folder: Path, config: BenchConfig) -> dict:
         "models": models,
         "cells": cells,
         "cold_start": cold_figures,
+        "folder": folder_figures,
         "skipped": skipped,
         "failures": failures,
     }

@@ -30,6 +30,7 @@ from export.publish import PublishError  # noqa: E402
 from export.quantize import CALIBRATION_METHODS  # noqa: E402
 from export.report import status_rows, status_text  # noqa: E402
 from export.source import ExportError, Preprocessing, Source, release_source, user_source  # noqa: E402
+from export.tta import TTA_CHOICES  # noqa: E402
 from runtime.errors import RuntimeFailure  # noqa: E402
 from train.datasets import REGISTRY, DataError  # noqa: E402
 
@@ -120,6 +121,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"most ops float fallback may keep in float (default: {ControlSettings.max_float_ops})",
     )
     parser.add_argument(
+        "--tta",
+        choices=TTA_CHOICES,
+        default="none",
+        help="bake test-time augmentation into every artifact: 'flip' averages each image and its mirror "
+        "(twice the inference work; the gate and the manifest use the same averaged float model) (default: none)",
+    )
+    parser.add_argument(
         "--all-or-nothing",
         action="store_true",
         help="publish nothing unless every artifact passes (the shipped release: make export)",
@@ -207,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         thresholds=args.thresholds,
         all_or_nothing=args.all_or_nothing,
         allow_worse=args.allow_worse,
+        tta=args.tta,
         control=ControlSettings(
             enabled=not args.no_accuracy_control,
             remedies=args.remedies,

@@ -107,44 +107,13 @@ def top_margin(probabilities: np.ndarray) -> np.ndarray:
     return top_two[:, 1] - top_two[:, 0]
 
 
-@dataclass
-class ParityResult:
-    """An artifact's figures against the float model, and whether they pass."""
-
-    name: str
-    path: str
-    format: str
-    precision: str
-    quantization: str
-    bytes: int
-    accuracy: float
-    delta_pp: float
-    drop_bound_pp: float
-    agreement: float
-    confident_agreement: float
-    confident_images: int
-    drift_p99: float
-    max_abs_diff: float
-    discordant: int
-    images: int
-    per_class_delta_pp: list[float]
-    threshold: Threshold
-    failures: list[str] = field(default_factory=list)
-    remedy: dict = field(default_factory=dict)
-    layer_errors: list[dict] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-
 def per_class_accuracy(predicted: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
     return np.array(
         [np.mean(predicted[targets == c] == c) if np.any(targets == c) else np.nan for c in range(num_classes)]
     )
 
 
-@dataclass(frozen=True)
+@dataclass
 class Figures:
     """The gate's measurements of candidate probabilities against a reference, on labelled images."""
 
@@ -175,6 +144,27 @@ class Figures:
         if self.drift_p99 > threshold.max_drift + 1e-12:
             found.append(f"probability drift {self.drift_p99:.3f} (99th percentile) exceeds {threshold.max_drift:g}")
         return found
+
+
+@dataclass
+class ParityResult(Figures):
+    """An artifact's figures against the float model, and whether they pass."""
+
+    name: str
+    path: str
+    format: str
+    precision: str
+    quantization: str
+    bytes: int
+    per_class_delta_pp: list[float]
+    threshold: Threshold
+    failures: list[str] = field(default_factory=list)
+    remedy: dict = field(default_factory=dict)
+    layer_errors: list[dict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
 
 
 def measure(

@@ -27,6 +27,7 @@ from export.publish import manifest_entry, publish, staging_folder, still_valid_
 from export.quantize import Int8Factory, Int8Recipe
 from export.report import parity_json, parity_markdown, plot_confusion, plot_layer_errors
 from export.source import ExportError, Source
+from export.tta import with_flip_tta
 from runtime.artifacts import MANIFEST, read_manifest, sha256_of
 from runtime.classifier import Classifier
 from runtime.environment import library_versions
@@ -71,6 +72,7 @@ class ExportConfig:
     seed: int = 0
     all_or_nothing: bool = False
     allow_worse: bool = False
+    tta: str = "none"  # "flip": export.tta
     control: ControlSettings = field(default_factory=ControlSettings)
 
 
@@ -242,6 +244,11 @@ def export(source: Source, config: ExportConfig) -> Release:
         config = replace(config, calibration_samples=min(DEFAULT_CALIBRATION_SAMPLES, available))
     elif not 1 <= config.calibration_samples <= available:
         raise ExportError(f"--calibration-samples must be between 1 and {available}, the training images")
+    if config.tta == "flip":
+        if config.qat:
+            raise ExportError("--tta and --qat do not combine: export the QAT artifacts without test-time augmentation")
+        source.model = with_flip_tta(source.model)
+        source.info = replace(source.info, extra={**source.info.extra, "tta": "flip: 2 passes averaged"})
     with staging_folder(source.folder) as staging:
         test_pixels = source.pixels(source.data.x_test)
         reference = float_reference(source, test_pixels)
@@ -370,6 +377,7 @@ def _context(source: Source, config: ExportConfig, float_accuracy: float, sha256
         },
         "thresholds": {p: asdict(t) for p, t in config.thresholds.items()},
         "gate": {"confident_margin": CONFIDENT_MARGIN, "drift_percentile": DRIFT_PERCENTILE, "confidence": 0.95},
+        "tta": source.info.extra.get("tta", "none"),
         "versions": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

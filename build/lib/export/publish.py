@@ -29,18 +29,6 @@ from runtime.errors import ModelError
 log = logging.getLogger(__name__)
 
 REJECTED, SUPERSEDED = "rejected", "superseded"
-MANIFEST_KEYS = (
-    "dataset",
-    "labels",
-    "float_accuracy",
-    "test_images",
-    "source",
-    "calibration",
-    "thresholds",
-    "gate",
-    "versions",
-    "created",
-)
 
 
 class PublishError(Exception):

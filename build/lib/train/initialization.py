@@ -54,10 +54,18 @@ def init_identity(layer: keras.layers.Conv2D) -> None:
     layer.set_weights([kernel, *rest])
 
 
-def init_airbench(model: keras.Model, images: np.ndarray, whiten_layer: str, seed: int) -> None:
-    """Whitening for ``whiten_layer``, identity starts for every other trainable 3x3 convolution."""
+def init_airbench(
+    model: keras.Model, images: np.ndarray, whiten_layer: str, seed: int, whiten: bool = True, identity: bool = True
+) -> None:
+    """Whitening for ``whiten_layer``, identity starts for every other trainable 3x3 convolution.
+
+    Without ``whiten`` the first layer keeps its random start and trains like the others (the
+    ablation's variant); without ``identity`` the convolutions keep theirs."""
     for layer in model.layers:
         if layer.name == whiten_layer:
-            init_whitening(layer, images, seed=seed)
-        elif type(layer) is keras.layers.Conv2D and layer.trainable and layer.kernel_size == (3, 3):
+            if whiten:
+                init_whitening(layer, images, seed=seed)
+            else:
+                layer.trainable = True
+        elif identity and type(layer) is keras.layers.Conv2D and layer.trainable and layer.kernel_size == (3, 3):
             init_identity(layer)
