@@ -160,12 +160,14 @@ def control_accuracy(
     tried = [trial("plain post-training int8", plain)]
     fp32_bytes = _fp32_bytes(builder, spec.format)
     size_limit = max(settings.max_size_share, tried[0].bytes / fp32_bytes + settings.min_size_headroom) * fp32_bytes
-    candidates = []
+    chosen = None
     if spec.precision == "int8" and "calibration" in settings.remedies:  # dynamic-range ones are not calibrated
-        candidates = _calibration_choices(
-            spec.format, plain, builder.config.calibration_samples, len(builder.source.data.x_train)
-        )
-    chosen = next((t for t in (trial(label, recipe) for label, recipe in candidates) if _keep(t, tried)), None)
+        available = len(builder.source.data.x_train)
+        for label, recipe in _calibration_choices(spec.format, plain, builder.config.calibration_samples, available):
+            tried.append(trial(label, recipe))
+            if tried[-1].passes:
+                chosen = tried[-1]
+                break
     if chosen is None and "equalization" in settings.remedies:
         base = _best(tried)
         equalized = trial("cross-layer equalization", replace(plain, equalize=True))
@@ -191,11 +193,6 @@ def control_accuracy(
         "validation_images": len(validation.images),
         "layer_errors": [e.as_dict() for e in errors],
     }
-
-
-def _keep(candidate: Trial, tried: list[Trial]) -> bool:
-    tried.append(candidate)
-    return candidate.passes
 
 
 def _calibration_choices(fmt: str, plain: Int8Recipe, samples: int, available: int) -> list[tuple[str, Int8Recipe]]:

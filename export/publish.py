@@ -183,8 +183,9 @@ def manifest_entry(result: ParityResult, staging: Path) -> dict:
     return entry
 
 
-def still_valid_entries(folder: Path, source_sha256: str, rebuilt: set[str]) -> list[dict]:
-    """Entries of the published manifest gated against the same model file and not rebuilt now."""
+def still_valid_entries(folder: Path, source_sha256: str, rebuilt: set[str], tta: str = "none") -> list[dict]:
+    """Entries of the published manifest gated against the same model file (and test-time
+    augmentation) and not published anew now."""
     previous = folder / MANIFEST
     if not previous.is_file():
         return []
@@ -192,7 +193,7 @@ def still_valid_entries(folder: Path, source_sha256: str, rebuilt: set[str]) -> 
         old = read_manifest(previous)
     except ModelError:
         return []
-    if old.get("source", {}).get("sha256") != source_sha256:
+    if old.get("source", {}).get("sha256") != source_sha256 or old.get("tta", "none") != tta:
         return []
     return [
         entry
