@@ -130,12 +130,15 @@ class Demo:
 
 
 def examples_note(examples: dict[str, list[Path]], data_dir: Path | None) -> str:
+    """The line above the examples. The page is served to every client, so it never shows a server path."""
     if any(examples.values()):
-        return "Examples: the first test image of each class, from " + f"`{data_dir}`."
-    where = f"`{data_dir}` holds neither dataset" if data_dir else f"no data directory is set ({DATA_DIR_ENV})"
+        return "Examples: the first image of each class in the official test splits."
+    if data_dir:
+        log.warning("no examples: %s holds neither dataset", data_dir)
+    where = "the data directory holds neither dataset" if data_dir else f"no data directory is set ({DATA_DIR_ENV})"
     return (
         f"No examples: {where}. Point `--data-dir` or `{DATA_DIR_ENV}` at a folder holding `fashion-mnist/` "
-        "and `cifar10-jpeg.tar.gz` (e.g. `../shared/data`) to get one real test image per class."
+        "and `cifar10-jpeg.tar.gz` to get one real test image per class."
     )
 
 

@@ -176,9 +176,15 @@ def _onnx_activations(model: Path, images: np.ndarray, info: ModelInfo) -> dict[
 
 def tflite_layer_errors(calibrated: bytes, quantized: bytes, images: np.ndarray, info: ModelInfo) -> list[LayerError]:
     """Per-tensor error of a full-integer TFLite model quantized from the float model ``calibrated``."""
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    float_model = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    # Without XNNPACK, every op stays a graph node with its own kind and outputs (a delegate would
+    # swallow them into DELEGATE nodes), which the quantizer groups and the report need.
+    float_model = Interpreter(
+        model_content=calibrated,
+        experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     batch = normalize(images[:DIAGNOSIS_SAMPLES], info)
     entry = float_model.get_input_details()[0]
     float_model.resize_tensor_input(entry["index"], list(batch.shape))

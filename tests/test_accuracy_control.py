@@ -84,6 +84,7 @@ def test_plain_int8_fails_on_the_outlier_channel(outlier_model, small_data_dir, 
             assert 1 <= len(bad) <= 2 and all("conv2d" in e["name"] or "pool" in e["name"] for e in bad)
             assert all(sqnr(e) > 20 for e in row["layer_errors"] if e not in bad)
             assert all(e["tensor_sqnr_db"] > 30 for e in bad)  # while their whole-tensor SQNR looks healthy
+            assert all(e["op"] in ("Conv", "CONV_2D", "MaxPool", "MAX_POOL_2D", "Relu") for e in bad)  # real op kinds
 
 
 @pytest.mark.parametrize("remedies", ["calibration,equalization,fallback", "fallback"])

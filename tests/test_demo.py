@@ -249,6 +249,15 @@ def test_without_data_the_demo_says_where_examples_come_from():
     assert "EDGEPACK_DATA_DIR" in note and "--data-dir" in note
 
 
+def test_the_page_never_shows_a_server_path(tmp_path):
+    from demo.app import examples_note
+
+    empty = tmp_path / "secret-data-folder"
+    assert str(empty) not in examples_note({"fashion_mnist": [], "cifar10": []}, empty)
+    found = {"fashion_mnist": [empty / "0.png"], "cifar10": []}
+    assert str(empty) not in examples_note(found, empty) and "secret" not in examples_note(found, empty)
+
+
 @pytest.mark.skipif(
     not Path(CHROMIUM).is_file(),
     reason=f"no Chromium at {CHROMIUM}: install Debian's chromium package (make browser) to run the browser test",
