@@ -26,8 +26,8 @@ $(VENV)/.stamp-%: $(STAMP_DEPS) | $(PY)
 train: $(VENV)/.stamp-train ## train both default CNNs (models/<dataset>/model.keras)
 	$(PY) -m train --dataset all
 
-export: $(VENV)/.stamp-train ## export and parity-gate every artifact (QAT too) of both datasets, all or nothing
-	$(PY) -m export --dataset all --all-or-nothing --qat
+export: $(VENV)/.stamp-train ## export and parity-gate every artifact of both datasets, all or nothing (QAT: python -m export --qat)
+	$(PY) -m export --dataset all --all-or-nothing
 
 bench: $(VENV)/.stamp-train ## CPU latency benchmarks of every artifact -> reports/bench-<dataset>.*
 	$(PY) -m benchmarks

@@ -1,1 +1,0 @@
-"""A Gradio web demo of the shipped artifacts, running on ``runtime`` (ONNX Runtime) only."""

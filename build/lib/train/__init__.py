@@ -1,1 +1,0 @@
-"""edgepack's training stage: dataset registry, CNN architectures and the training loop."""
