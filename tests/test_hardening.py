@@ -190,6 +190,7 @@ def test_an_interrupted_classification_is_one_line(int8_model, fashion, tmp_path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the first result arrives at once, not after a pipe buffer
     )
     deadline = time.monotonic() + 60
     while process.stdout.readline() == "" and time.monotonic() < deadline:  # wait for the first result
