@@ -44,6 +44,14 @@ class Threshold:
     min_confident_agreement: float  # share of confident float answers kept
     max_drift: float  # 99th-percentile largest probability change
 
+    def admits(self, drop_bound_pp: float, confident_agreement: float, drift_p99: float) -> bool:
+        """Whether recorded gate figures pass (the tolerances match ``ParityResult.failures``)."""
+        return (
+            drop_bound_pp <= self.max_drop_pp + 1e-9
+            and confident_agreement >= self.min_confident_agreement
+            and drift_p99 <= self.max_drift + 1e-12
+        )
+
 
 DEFAULT_THRESHOLDS: dict[str, Threshold] = {
     "fp32": Threshold(0.1, 0.999, 0.01),

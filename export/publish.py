@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from export.parity import ParityResult
+from export.parity import ParityResult, Threshold
 from runtime.artifacts import MANIFEST, json_safe, read_manifest, sha256_of
 from runtime.errors import ModelError
 
@@ -183,9 +184,12 @@ def manifest_entry(result: ParityResult, staging: Path) -> dict:
     return entry
 
 
-def still_valid_entries(folder: Path, source_sha256: str, rebuilt: set[str], tta: str = "none") -> list[dict]:
+def still_valid_entries(
+    folder: Path, source_sha256: str, rebuilt: set[str], thresholds: dict[str, Threshold], tta: str = "none"
+) -> list[dict]:
     """Entries of the published manifest gated against the same model file (and test-time
-    augmentation) and not published anew now."""
+    augmentation), not published anew now, whose recorded figures pass today's thresholds (an
+    entry from before a gate change, or without the gate's figures, is not carried)."""
     previous = folder / MANIFEST
     if not previous.is_file():
         return []
@@ -203,4 +207,13 @@ def still_valid_entries(folder: Path, source_sha256: str, rebuilt: set[str], tta
         and isinstance(entry.get("path"), str)
         and entry["path"] not in rebuilt
         and (folder / entry["path"]).is_file()
+        and _passes_today(entry, thresholds)
     ]
+
+
+def _passes_today(entry: dict, thresholds: dict[str, Threshold]) -> bool:
+    threshold = thresholds.get(entry.get("precision"))
+    figures = [entry.get(key) for key in ("drop_bound_pp", "confident_agreement", "drift_p99")]
+    if threshold is None or not all(isinstance(f, (int, float)) and math.isfinite(f) for f in figures):
+        return False
+    return threshold.admits(*figures)

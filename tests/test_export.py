@@ -132,6 +132,22 @@ def test_broken_artifact_is_rejected_and_the_others_are_published(
     assert "FAIL" in (folder / "parity.md").read_text()
 
 
+def test_earlier_passes_are_kept_only_if_they_pass_todays_gate(exported_models, small_data_dir, tmp_path):
+    models = copy_release(exported_models, tmp_path)
+    manifest_path = models / "fashion_mnist" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["artifacts"]:
+        if entry["path"] == "model_fp16.tflite":
+            del entry["drop_bound_pp"]  # as written before the gate recorded its bound
+    manifest_path.write_text(json.dumps(manifest))
+    tighter = ("--thresholds", "int8=0.001:0.99999:0.0001")
+    assert run_export(models, small_data_dir, "--formats", "onnx_fp32", *tighter) == 0
+    listed = {entry["path"] for entry in manifest_of(models)["artifacts"]}
+    # int8 artifacts gated under looser figures and an entry without the gate's figures drop out
+    assert listed == {"model_fp32.onnx", "model_fp32.tflite", "model_dynamic.tflite"}
+    assert (models / "fashion_mnist" / "superseded" / "model_int8.onnx").is_file()
+
+
 def test_all_or_nothing_publishes_nothing_when_one_artifact_fails(
     exported_models, small_data_dir, tmp_path, capsys, broken_int8
 ):
