@@ -191,6 +191,8 @@ def test_an_interrupted_classification_is_one_line(int8_model, fashion, tmp_path
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the first result arrives at once, not after a pipe buffer
+        # as at a terminal: a test run started in the background inherits an ignored SIGINT
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while process.stdout.readline() == "" and time.monotonic() < deadline:  # wait for the first result
