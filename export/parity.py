@@ -44,13 +44,15 @@ class Threshold:
     min_confident_agreement: float  # share of confident float answers kept
     max_drift: float  # 99th-percentile largest probability change
 
-    def admits(self, drop_bound_pp: float, confident_agreement: float, drift_p99: float) -> bool:
-        """Whether recorded gate figures pass (the tolerances match ``ParityResult.failures``)."""
-        return (
-            drop_bound_pp <= self.max_drop_pp + 1e-9
-            and confident_agreement >= self.min_confident_agreement
-            and drift_p99 <= self.max_drift + 1e-12
-        )
+    def failed_checks(self, drop_bound_pp: float, confident_agreement: float, drift_p99: float) -> list[str]:
+        """Which of the three checks ("drop", "confident", "drift") these figures fail: the one place
+        the tolerances live, for a fresh measurement and for figures recorded in a manifest alike."""
+        checks = {
+            "drop": drop_bound_pp > self.max_drop_pp + 1e-9,
+            "confident": confident_agreement < self.min_confident_agreement,
+            "drift": drift_p99 > self.max_drift + 1e-12,
+        }
+        return [name for name, failed in checks.items() if failed]
 
 
 DEFAULT_THRESHOLDS: dict[str, Threshold] = {
@@ -137,21 +139,16 @@ class Figures:
     images: int
 
     def failures(self, threshold: Threshold) -> list[str]:
-        found = []
-        if self.drop_bound_pp > threshold.max_drop_pp + 1e-9:
-            found.append(
-                f"accuracy drop could reach {self.drop_bound_pp:.2f} pp (95% bound: of {self.images} images, "
-                f"{self.discordant} are right in only one model; observed {-self.delta_pp:+.2f} pp), over "
-                f"{threshold.max_drop_pp:g} pp"
-            )
-        if self.confident_agreement < threshold.min_confident_agreement:
-            found.append(
-                f"confident top-1 agreement {100 * self.confident_agreement:.2f}% of {self.confident_images} images "
-                f"is below {100 * threshold.min_confident_agreement:g}%"
-            )
-        if self.drift_p99 > threshold.max_drift + 1e-12:
-            found.append(f"probability drift {self.drift_p99:.3f} (99th percentile) exceeds {threshold.max_drift:g}")
-        return found
+        messages = {
+            "drop": f"accuracy drop could reach {self.drop_bound_pp:.2f} pp (95% bound: of {self.images} images, "
+            f"{self.discordant} are right in only one model; observed {-self.delta_pp:+.2f} pp), over "
+            f"{threshold.max_drop_pp:g} pp",
+            "confident": f"confident top-1 agreement {100 * self.confident_agreement:.2f}% of "
+            f"{self.confident_images} images is below {100 * threshold.min_confident_agreement:g}%",
+            "drift": f"probability drift {self.drift_p99:.3f} (99th percentile) exceeds {threshold.max_drift:g}",
+        }
+        failed = threshold.failed_checks(self.drop_bound_pp, self.confident_agreement, self.drift_p99)
+        return [messages[check] for check in failed]
 
 
 @dataclass

@@ -266,12 +266,12 @@ def export(source: Source, config: ExportConfig) -> Release:
             latency[result.path] = _latency(ARTIFACTS[name], builder, staging / result.path, test_pixels)
             results.append(result)
         context = _context(source, config, float_accuracy, sha256, calibration)
+        passed = [r for r in results if r.passed]
         # earlier passes of this same model file stay listed unless this run published a new one
         carried = still_valid_entries(
-            source.folder, sha256, {r.path for r in results if r.passed}, config.thresholds, context["tta"]
+            source.folder, sha256, {r.path for r in passed}, config.thresholds, context["tta"]
         )
         _write_reports(staging, results, carried, predictions, source, context, latency)
-        passed = [r for r in results if r.passed]
         publishing = passed and not (config.all_or_nothing and len(passed) < len(results))
         manifest = None
         if publishing:

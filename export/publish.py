@@ -55,7 +55,7 @@ def staging_folder(folder: Path) -> Iterator[Path]:
     except OSError as exc:
         raise PublishError(f"{folder}: cannot write the export there ({exc.strerror or exc})") from None
     previous = signal.getsignal(signal.SIGTERM)
-    in_main_thread = threading.current_thread() is threading.main_thread()
+    in_main_thread = _in_main_thread()
     if in_main_thread:
         signal.signal(signal.SIGTERM, lambda signum, frame: _terminate(staging, signum))
     try:
@@ -75,10 +75,15 @@ def _terminate(staging: Path, signum: int) -> None:
     os._exit(128 + signum)
 
 
+def _in_main_thread() -> bool:
+    """Signal handlers and masks can only be set from the main thread; elsewhere export runs without them."""
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextmanager
 def sigterm_deferred() -> Iterator[None]:
     """Hold SIGTERM back for a short critical section (it is delivered right after)."""
-    if threading.current_thread() is not threading.main_thread():
+    if not _in_main_thread():
         yield
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -216,4 +221,4 @@ def _passes_today(entry: dict, thresholds: dict[str, Threshold]) -> bool:
     figures = [entry.get(key) for key in ("drop_bound_pp", "confident_agreement", "drift_p99")]
     if threshold is None or not all(isinstance(f, (int, float)) and math.isfinite(f) for f in figures):
         return False
-    return threshold.admits(*figures)
+    return not threshold.failed_checks(*figures)

@@ -82,7 +82,7 @@ RECIPES = {
         label_smoothing=0.2,
         warmup_epochs=2,
         start_lr_fraction=0.2,
-        # airbench96's augmentation for schedules of this length (airbench94's translate 2 alone overfits here)
+        # airbench96's augmentation: 89.40% at 50 epochs; translate 2 / Cutout 8 gave 89.48% at 40 (96.6% train)
         augment=Augment(translate=4, flip=True, alternate_flip=True, cutout=12),
         lookahead=True,
         norm_bias_lr_scale=64.0,
