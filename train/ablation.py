@@ -72,13 +72,14 @@ def run_variant(name: str, arch: str, changes: dict, dataset, epochs: int, out: 
 
 def table(rows: list[dict]) -> str:
     full = rows[0]["test_accuracy"] if rows and rows[0]["variant"] == "full recipe" else None
-    lines = ["| variant | test accuracy | vs full recipe | training time |", "|---|---:|---:|---:|"]
+    lines = ["| variant | epochs | test accuracy | vs full recipe | training time |", "|---|---:|---:|---:|---:|"]
     for row in rows:
         delta = (
             f"{100 * (row['test_accuracy'] - full):+.2f} pp" if full is not None and row["arch"] != "baseline" else "–"
         )
         lines.append(
-            f"| {row['variant']} | {100 * row['test_accuracy']:.2f}% | {delta} | {row['train_time_s']:.0f} s |"
+            f"| {row['variant']} | {row['epochs']} | {100 * row['test_accuracy']:.2f}% | {delta} "
+            f"| {row['train_time_s']:.0f} s |"
         )
     return "\n".join(lines) + "\n"
 
