@@ -237,3 +237,24 @@ def test_ablation_tabulates_variants_on_the_same_budget(tmp_path, small_data_dir
     assert all(r["epochs"] == 1 and 0 < r["test_accuracy"] <= 1 for r in rows)
     table = (tmp_path / "fashion_mnist" / "ablation.md").read_text()
     assert "| - lookahead |" in table and "pp |" in table
+
+
+def test_batchnorm_biases_learn_faster_by_the_asked_factor():
+    """One SGD step on a real edge_airbench graph: BatchNorm biases move 64x, every other weight 1x."""
+    from train.models import edge_airbench_training
+    from train.optimizer import AirbenchSGD
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 32, 32, 3), dtype=np.float32), np.eye(10, dtype=np.float32)[np.arange(16) % 10]
+    steps = {}
+    for scale in (1.0, 64.0):
+        keras.utils.set_random_seed(0)
+        model = edge_airbench_training((32, 32, 3), 10)
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        model.compile(AirbenchSGD(0.01, norm_bias_lr_scale=scale, every=0), loss="categorical_crossentropy")
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        steps[scale] = [(v.path, v.numpy() - b) for v, b in zip(model.trainable_variables, before)]
+    assert sum(path.endswith("/beta") for path, _ in steps[1.0]) == 6
+    for (path, step), (_, fast_step) in zip(steps[1.0], steps[64.0]):
+        factor = 64.0 if path.endswith("/beta") else 1.0
+        np.testing.assert_allclose(fast_step, factor * step, rtol=1e-4, atol=1e-7, err_msg=path)

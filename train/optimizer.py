@@ -18,10 +18,9 @@ import keras
 from keras import ops
 
 
-def is_norm_bias(variable) -> bool:
-    """A BatchNormalization layer's bias (``beta``), by the variable's path."""
-    path = getattr(variable, "path", "")
-    return path.endswith("/beta") and "batch_normalization" in path
+def is_norm_bias(variable: keras.Variable) -> bool:
+    """A BatchNormalization layer's bias (``beta``), by the Keras variable's path."""
+    return variable.path.endswith("/beta") and "batch_normalization" in variable.path
 
 
 @keras.saving.register_keras_serializable(package="edgepack")
@@ -46,9 +45,12 @@ class AirbenchSGD(keras.optimizers.SGD):
             return
         super().build(variables)
         self.slow = self.add_optimizer_variables(variables, "slow") if self.every else []
+        # Decided here, on Keras variables: on TensorFlow, update_step receives the backend's own
+        # tf.Variable, which has no Keras path (matching on it silently scaled nothing).
+        self.fast_bias = [is_norm_bias(variable) for variable in variables]
 
     def update_step(self, gradient, variable, learning_rate) -> None:
-        if self.norm_bias_lr_scale != 1.0 and is_norm_bias(variable):
+        if self.norm_bias_lr_scale != 1.0 and self.fast_bias[self._get_variable_index(variable)]:
             learning_rate = learning_rate * self.norm_bias_lr_scale
         super().update_step(gradient, variable, learning_rate)
         if self.every:
