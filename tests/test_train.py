@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -18,7 +19,7 @@ import pytest
 from train.__main__ import main
 from train.batches import Batches
 from train.datasets import load_dataset, subset
-from train.fit import evaluate
+from train.fit import DATASET_CHANGES, evaluate
 from train.models import ARCHITECTURES, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +50,8 @@ def test_quick_run_writes_every_output(tmp_path, small_data_dir):
     assert metrics["arch"] == "edge_airbench" and metrics["epochs"] == 1 and metrics["quick"] is True
     assert metrics["test_images"] == 500 and 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["device"].startswith(("CPU", "1 GPU", "2 GPU"))
+    # Fashion-MNIST trains edge_airbench with its own augmentation, and metrics.json says which
+    assert metrics["recipe"]["augment"] == asdict(DATASET_CHANGES[("edge_airbench", "fashion_mnist")]["augment"])
     assert set(json.loads((folder / "history.json").read_text())) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
 
 

@@ -74,7 +74,7 @@ RECIPES = {
     # airbench's hyperparameters translated to Keras (batch 512, mean loss, decoupled decay):
     # lr 11.5 per 1024 summed examples at momentum 0.85 is 0.75 here, weight decay 0.0153 is 0.009.
     "edge_airbench": Recipe(
-        epochs=50,  # CIFAR-10; Fashion-MNIST: DATASET_EPOCHS
+        epochs=50,  # CIFAR-10; Fashion-MNIST: DATASET_CHANGES
         learning_rate=0.75,
         momentum=0.85,
         batch_size=512,
@@ -90,9 +90,15 @@ RECIPES = {
 }
 
 
-# Epochs of a recipe on a dataset where they differ from its default: Fashion-MNIST's 60,000 images
-# take a little longer an epoch here, and its 45-minute budget allows fewer.
-DATASET_EPOCHS = {("edge_airbench", "fashion_mnist"): 25}
+# A recipe's settings on a dataset where they differ from its defaults. Fashion-MNIST: its 45-minute
+# CPU budget allows 50 epochs here (46 s an epoch); its centred 28x28 garments get milder translation and Cutout
+# (with CIFAR-10's, the network fit its augmented batches no better than the test split: 94.4%).
+DATASET_CHANGES = {
+    ("edge_airbench", "fashion_mnist"): {
+        "epochs": 50,
+        "augment": Augment(translate=2, flip=True, alternate_flip=True, cutout=8),
+    }
+}
 
 
 @dataclass
@@ -112,8 +118,8 @@ class TrainConfig:
     def recipe(self) -> Recipe:
         """The architecture's recipe for this dataset, with this run's batch size if one was asked for."""
         recipe = self.recipe_override or RECIPES[self.arch]
-        if self.recipe_override is None and (self.arch, self.dataset.name) in DATASET_EPOCHS:
-            recipe = replace(recipe, epochs=DATASET_EPOCHS[(self.arch, self.dataset.name)])
+        if self.recipe_override is None:
+            recipe = replace(recipe, **DATASET_CHANGES.get((self.arch, self.dataset.name), {}))
         return replace(recipe, batch_size=self.batch_size) if self.batch_size else recipe
 
 
