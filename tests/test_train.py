@@ -55,6 +55,28 @@ def test_quick_run_writes_every_output(tmp_path, small_data_dir):
     assert set(json.loads((folder / "history.json").read_text())) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
 
 
+def test_without_a_hold_out_every_training_image_trains_and_the_last_epoch_ships(tmp_path, small_data_dir):
+    args = ["--dataset", "fashion_mnist", "--arch", "baseline", "--quick", "--epochs", "2", "--val-fraction", "0"]
+    assert main([*args, "--out", str(tmp_path), "--data-dir", str(small_data_dir)]) == 0
+    folder = tmp_path / "fashion_mnist"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert (metrics["train_images"], metrics["val_images"], metrics["best_val_accuracy"]) == (2000, 0, None)
+    assert metrics["recipe"]["val_fraction"] == 0.0
+    history = json.loads((folder / "history.json").read_text())
+    assert set(history) == {"epoch", "loss", "accuracy"} and history["epoch"] == [0, 1]  # no "NA" columns
+    assert not (folder / "checkpoints" / "best.keras").exists()  # nothing to select by: the last epoch ships
+    assert (folder / "curves.png").stat().st_size > 0
+
+
+def test_a_hold_out_must_leave_training_images(capsys):
+    from train.__main__ import parse_args
+
+    for fraction in ("1", "-0.1"):
+        with pytest.raises(SystemExit):
+            parse_args(["--dataset", "fashion_mnist", "--val-fraction", fraction])
+        assert "--val-fraction must be at least 0 and below 1" in capsys.readouterr().err
+
+
 def test_resume_continues_from_the_checkpoint(tmp_path, small_data_dir):
     common = [
         "--dataset",

@@ -3,7 +3,9 @@
 A run writes into ``<out>/<dataset>/``: ``model.keras`` (float32, atomically), ``history.json``,
 ``metrics.json`` and, while it runs, ``checkpoints/`` (a backup every epoch for ``--resume``, the
 best model by validation accuracy, and the per-epoch log). The validation split is carved out of
-the training split; accuracy is reported on the official test split only.
+the training split; accuracy is reported on the official test split only. A recipe without a
+hold-out (``val_fraction=0``) trains on every training image and ships its final epoch: its
+schedule ends at a learning rate near zero with averaged weights, so the last epoch is the one to keep.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Recipe:
     norm_bias_lr_scale: float = 1.0  # BatchNorm biases learn this much faster (airbench: 64)
     whiten: bool = True  # patch-whitening first layer (architectures that have one; else it trains)
     identity_init: bool = True  # 3x3 convolutions start as the identity (same architectures)
+    val_fraction: float = 0.1  # share of the training split held out to pick the best epoch; 0: none
 
 
 RECIPES = {
@@ -93,11 +96,14 @@ RECIPES = {
 # A recipe's settings on a dataset where they differ from its defaults. Fashion-MNIST: its 45-minute
 # CPU budget allows 50 epochs here (46 s an epoch); its centred 28x28 garments get milder translation and Cutout
 # (with CIFAR-10's, the network fit its augmented batches no better than the test split: 94.4%).
+# CIFAR-10: as airbench, it trains on all 50,000 images, for 80 epochs within its 2-hour CPU budget
+# (90.26% in 91 minutes here; 50 epochs on 45,000 images, the bias trick then inert: 89.40%).
 DATASET_CHANGES = {
     ("edge_airbench", "fashion_mnist"): {
         "epochs": 50,
         "augment": Augment(translate=2, flip=True, alternate_flip=True, cutout=8),
-    }
+    },
+    ("edge_airbench", "cifar10"): {"epochs": 80, "val_fraction": 0.0},
 }
 
 
@@ -109,17 +115,19 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     seed: int = 42
-    val_fraction: float = 0.1
+    val_fraction: float | None = None  # None: the recipe's
     quick: bool = False
     resume: bool = False
     recipe_override: Recipe | None = None  # the ablation's variants
 
     @property
     def recipe(self) -> Recipe:
-        """The architecture's recipe for this dataset, with this run's batch size if one was asked for."""
+        """The architecture's recipe for this dataset, with this run's batch size and hold-out if asked for."""
         recipe = self.recipe_override or RECIPES[self.arch]
         if self.recipe_override is None:
             recipe = replace(recipe, **DATASET_CHANGES.get((self.arch, self.dataset.name), {}))
+        if self.val_fraction is not None:
+            recipe = replace(recipe, val_fraction=self.val_fraction)
         return replace(recipe, batch_size=self.batch_size) if self.batch_size else recipe
 
 
@@ -214,7 +222,10 @@ def _resumed_epoch(backup: Path) -> int:
 
 
 def _read_log(path: Path) -> dict[str, list[float]]:
-    """The per-epoch log as columns, keeping the last row of an epoch logged twice."""
+    """The per-epoch log as columns, keeping the last row of an epoch logged twice.
+
+    Keras' CSVLogger adds ``val_*`` columns even to a run without validation, filled with "NA":
+    those are left out."""
     if not path.is_file():
         return {}
     rows: dict[int, dict[str, str]] = {}
@@ -224,7 +235,8 @@ def _read_log(path: Path) -> dict[str, list[float]]:
     columns: dict[str, list[float]] = {}
     for epoch in sorted(rows):
         for key, value in rows[epoch].items():
-            columns.setdefault(key, []).append(float(value))
+            if value != "NA":
+                columns.setdefault(key, []).append(float(value))
     return columns
 
 
@@ -251,7 +263,7 @@ def train(config: TrainConfig) -> dict:
     data = subset(config.dataset, 2000, 500, config.seed) if config.quick else config.dataset
     recipe = config.recipe
     epochs = config.epochs or (2 if config.quick else recipe.epochs)
-    (x_train, y_train), (x_val, y_val) = train_val_split(data.x_train, data.y_train, config.val_fraction, config.seed)
+    (x_train, y_train), (x_val, y_val) = train_val_split(data.x_train, data.y_train, recipe.val_fraction, config.seed)
     k, batch_size = data.num_classes, recipe.batch_size
     if len(x_train) < batch_size:
         raise DataError(
@@ -282,7 +294,7 @@ def train(config: TrainConfig) -> dict:
         workers=workers,
         first_epoch=first_epoch,
     )
-    val_ds = Batches(x_val, y_val, k, batch_size, workers=workers)
+    val_ds = Batches(x_val, y_val, k, batch_size, workers=workers) if len(x_val) else None
     test_ds = Batches(data.x_test, data.y_test, k, batch_size)
 
     with scope:
@@ -294,15 +306,18 @@ def train(config: TrainConfig) -> dict:
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
             metrics=["accuracy"],
         )
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(ckpt / "backup"), delete_checkpoint=False),
+    keep_best = [
         keras.callbacks.ModelCheckpoint(
             str(ckpt / "best.keras"),
             monitor="val_accuracy",
             mode="max",
             save_best_only=True,
             initial_value_threshold=best_so_far,
-        ),
+        )
+    ]
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(ckpt / "backup"), delete_checkpoint=False),
+        *(keep_best if val_ds is not None else []),
         keras.callbacks.CSVLogger(str(log_path), append=config.resume),
         EpochSeeds(config.seed),
     ]
@@ -327,7 +342,7 @@ def train(config: TrainConfig) -> dict:
         "arch": config.arch,
         "test_accuracy": float(test_acc),
         "test_loss": float(test_loss),
-        "best_val_accuracy": max(history.get("val_accuracy", [float("nan")])),
+        "best_val_accuracy": max(history["val_accuracy"]) if history.get("val_accuracy") else None,
         "params": int(final.count_params()),
         "epochs": len(history.get("epoch", [])),
         "train_images": len(x_train),
