@@ -306,21 +306,20 @@ def train(config: TrainConfig) -> dict:
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
             metrics=["accuracy"],
         )
-    keep_best = [
-        keras.callbacks.ModelCheckpoint(
-            str(ckpt / "best.keras"),
-            monitor="val_accuracy",
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=best_so_far,
+    best_path = ckpt / "best.keras"
+    callbacks = [keras.callbacks.BackupAndRestore(str(ckpt / "backup"), delete_checkpoint=False)]
+    if val_ds is not None:  # without a hold-out there is nothing to select by: the last epoch ships
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                str(best_path),
+                monitor="val_accuracy",
+                mode="max",
+                save_best_only=True,
+                initial_value_threshold=best_so_far,
+            )
         )
-    ]
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(ckpt / "backup"), delete_checkpoint=False),
-        *(keep_best if val_ds is not None else []),
-        keras.callbacks.CSVLogger(str(log_path), append=config.resume),
-        EpochSeeds(config.seed),
-    ]
+    # Logged after the checkpoints are written: an epoch in the log is an epoch a resume can rely on.
+    callbacks += [keras.callbacks.CSVLogger(str(log_path), append=config.resume), EpochSeeds(config.seed)]
     started = time.perf_counter()
     # shuffle=False: Batches orders each epoch itself from (seed, epoch); Keras would otherwise also
     # reorder the batches with Python's global random state, which no checkpoint restores.
@@ -334,7 +333,7 @@ def train(config: TrainConfig) -> dict:
     )
     wall = time.perf_counter() - started
 
-    final = _float32_copy(config.arch, ckpt / "best.keras" if (ckpt / "best.keras").exists() else model)
+    final = _float32_copy(config.arch, best_path if val_ds is not None and best_path.exists() else model)
     test_acc, test_loss = evaluate(final, test_ds)
     history = _read_log(log_path)
     metrics = {
