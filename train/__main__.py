@@ -108,13 +108,13 @@ class TrainError(Exception):
 
 def run(args: argparse.Namespace) -> None:
     from train.fit import TrainConfig, train
-    from train.models import default_arch
+    from train.models import DEFAULT_ARCH
     from train.plots import plot_curves, plot_samples
 
     names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
     for name in names:
         dataset = load_dataset(name, args.data_dir)
-        arch = args.arch or default_arch(dataset.name, dataset.input_shape[-1])
+        arch = args.arch or DEFAULT_ARCH
         out = args.out / dataset.name
         check_output(out, args.quick)
         plot_samples(dataset.x_train, dataset.y_train, dataset.labels, out / "samples.png")

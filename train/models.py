@@ -166,15 +166,9 @@ ARCHITECTURES: dict[str, Builder] = {
     "edge_airbench": edge_airbench,
 }
 TRAINING_LAYOUTS: dict[str, Builder] = {"edge_airbench": edge_airbench_training}
-# CIFAR-10 keeps edge_resnet (160 epochs: 90.66% test, six minutes on a GPU, 7-9 hours on a CPU):
-# edge_airbench's CIFAR-10 recipe reached 90.26% there in 91 minutes on two CPU cores (80 epochs on
-# all 50,000 images). On Fashion-MNIST edge_airbench is both better and faster.
-DEFAULT_ARCH = {"fashion_mnist": "edge_airbench", "cifar10": "edge_resnet"}
-
-
-def default_arch(dataset: str, channels: int) -> str:
-    """The default architecture of a registered dataset, and of a user's own image folders."""
-    return DEFAULT_ARCH.get(dataset, "edge_airbench")
+# The default for every dataset: on two CPU cores it trains CIFAR-10 to 90.77% in 95 minutes, where
+# edge_resnet needs 7-9 hours for 90.66%, and Fashion-MNIST to 94.72% in 38 minutes.
+DEFAULT_ARCH = "edge_airbench"
 
 
 def saved_layout(trained: keras.Model, arch: str, kx: ModuleType = keras) -> keras.Model:
