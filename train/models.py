@@ -50,7 +50,7 @@ def _conv_bn_relu(kx: ModuleType, x, filters: int):
 
 
 def edge_vgg(input_shape: tuple[int, int, int], num_classes: int, kx: ModuleType = keras) -> keras.Model:
-    """A small VGG with batch norm and global pooling (~0.3M parameters); default for 28x28."""
+    """A small VGG with batch norm and global pooling (~0.3M parameters); the last Fashion-MNIST default."""
     inputs = kx.Input(input_shape, name="image")
     x = inputs
     for filters in (32, 64):
@@ -71,7 +71,7 @@ def _residual(kx: ModuleType, x, filters: int):
 
 
 def edge_resnet(input_shape: tuple[int, int, int], num_classes: int, kx: ModuleType = keras) -> keras.Model:
-    """A narrow ResNet-9 (~0.76M parameters); default for 32x32 colour images.
+    """A narrow ResNet-9 (~0.76M parameters); the last CIFAR-10 default.
 
     Follows the fast-CIFAR ResNet-9 layout (prep conv, three pooled stages, two residual blocks,
     global max pooling) with half its width, to stay under 1M parameters.
