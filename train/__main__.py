@@ -21,7 +21,7 @@ QUICK_OUT = Path(__file__).resolve().parent.parent / "runs" / "quick"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from train.models import ARCHITECTURES
+    from train.models import ARCHITECTURES, DEFAULT_ARCH
 
     parser = argparse.ArgumentParser(
         prog="python -m train",
@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--arch",
         choices=sorted(ARCHITECTURES),
-        help="architecture (default: edge_airbench)",
+        default=DEFAULT_ARCH,
+        help=f"architecture (default: {DEFAULT_ARCH})",
     )
     parser.add_argument("--epochs", type=int, help="epochs (default: the architecture's recipe)")
     parser.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's, 512 or 128)")
@@ -108,26 +109,34 @@ class TrainError(Exception):
 
 def run(args: argparse.Namespace) -> None:
     from train.fit import TrainConfig, train
-    from train.models import DEFAULT_ARCH
     from train.plots import plot_curves, plot_samples
 
     names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
     for name in names:
         dataset = load_dataset(name, args.data_dir)
-        arch = args.arch or DEFAULT_ARCH
         out = args.out / dataset.name
         check_output(out, args.quick)
         plot_samples(dataset.x_train, dataset.y_train, dataset.labels, out / "samples.png")
         metrics = train(
             TrainConfig(
-                dataset, arch, out, args.epochs, args.batch_size, args.seed, args.val_fraction, args.quick, args.resume
+                dataset,
+                args.arch,
+                out,
+                args.epochs,
+                args.batch_size,
+                args.seed,
+                args.val_fraction,
+                args.quick,
+                args.resume,
             )
         )
         history = json.loads((out / "history.json").read_text())
         plot_curves(
-            history, f"{dataset.name} / {arch}: test accuracy {100 * metrics['test_accuracy']:.2f}%", out / "curves.png"
+            history,
+            f"{dataset.name} / {args.arch}: test accuracy {100 * metrics['test_accuracy']:.2f}%",
+            out / "curves.png",
         )
-        print(f"{dataset.name}: {arch} test accuracy {100 * metrics['test_accuracy']:.2f}% -> {out}")
+        print(f"{dataset.name}: {args.arch} test accuracy {100 * metrics['test_accuracy']:.2f}% -> {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
