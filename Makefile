@@ -56,5 +56,5 @@ format: $(VENV)/.stamp-train,demo,dev ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 clean: ## remove the virtual environment, caches, checkpoints and scratch runs
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs models/*/checkpoints models/*/rejected models/*/.staging-*
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs models/*/checkpoints models/*/rejected models/*/.staging-* models/*/.edgepack.lock
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -13,6 +17,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from demo.uploads import parse_size  # noqa: E402
 
 DEFAULT_MAX_FILE_SIZE = "10mb"
+DEFAULT_UPLOAD_STORAGE = "256mb"
+UPLOAD_MAX_AGE_S = 600
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -33,17 +39,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"largest image accepted on any route, uploads and inline data alike (default: {DEFAULT_MAX_FILE_SIZE})",
     )
     parser.add_argument(
+        "--max-upload-storage",
+        default=DEFAULT_UPLOAD_STORAGE,
+        help=f"most bytes kept in the upload folder; the oldest uploads go first, and any older than "
+        f"{UPLOAD_MAX_AGE_S // 60} minutes (default: {DEFAULT_UPLOAD_STORAGE})",
+    )
+    parser.add_argument(
         "--auth-file",
         type=Path,
-        help="ask for a login: a file of USER:PASSWORD lines (keep it private; use it whenever --host is not local)",
+        help="ask for a login: a file of USER:PASSWORD lines (keep it private; use it whenever --host is not local). "
+        "Failed logins are logged and throttled: 5 in a row for one user (20 for any) lock the client out, "
+        "30 s doubling up to 15 minutes",
     )
     parser.add_argument("--concurrency", type=int, default=4, help="requests run at once (default: 4)")
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting at most (default: 64)")
     args = parser.parse_args(argv)
-    try:
-        args.max_file_size = parse_size(args.max_file_size)
-    except ValueError as exc:
-        parser.error(f"--max-file-size: {exc}")
+    for flag in ("max_file_size", "max_upload_storage"):
+        try:
+            setattr(args, flag, parse_size(getattr(args, flag)))
+        except ValueError as exc:
+            parser.error(f"--{flag.replace('_', '-')}: {exc}")
+    if args.max_upload_storage < args.max_file_size:
+        parser.error("--max-upload-storage must be at least --max-file-size")
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
     if args.concurrency < 1 or args.queue_size < 1:
@@ -51,14 +68,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def own_upload_folder() -> None:
+    """Give this server an upload folder of its own (unless ``GRADIO_TEMP_DIR`` names one), removed at
+    exit: uploads then never outlive the server, nor mix with another Gradio app's."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return
+    folder = tempfile.mkdtemp(prefix="edgepack-demo-uploads-")
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
 def create(args: argparse.Namespace):
     """The app, queued and ready to launch, plus the folders it may serve files from."""
+    own_upload_folder()
     from demo.app import Demo, build_app, load_models
     from demo.examples import data_dir_from, find_examples
-    from demo.uploads import UploadPolicy
+    from demo.uploads import UploadPolicy, UploadSweeper
     from runtime.artifacts import default_models_dir
 
     demo = Demo(load_models(args.models_dir or default_models_dir()), UploadPolicy.for_gradio(args.max_file_size))
+    sweeper = UploadSweeper(demo.uploads.folder, args.max_upload_storage, UPLOAD_MAX_AGE_S).start()
+    atexit.register(sweeper.stop)
     data_dir = data_dir_from(args.data_dir)
     examples = find_examples(data_dir)
     app = build_app(demo, examples, data_dir)
@@ -87,7 +117,11 @@ def read_auth_file(path: Path) -> list[tuple[str, str]]:
 
 
 def launch(app, folders: list[str], args: argparse.Namespace, block: bool = True):
-    auth = read_auth_file(args.auth_file) if args.auth_file else None
+    from starlette.middleware import Middleware
+
+    from demo.login import ClientAddress, LoginGuard
+
+    auth = LoginGuard(read_auth_file(args.auth_file)).check if args.auth_file else None
     if auth is None and (args.share or args.host not in LOCAL_HOSTS):
         logging.getLogger("demo").warning(
             "serving beyond this machine without a login: anyone who reaches %s can use the demo (see --auth-file)",
@@ -104,12 +138,15 @@ def launch(app, folders: list[str], args: argparse.Namespace, block: bool = True
         ssr_mode=False,
         prevent_thread_lock=not block,
         quiet=not block,
+        app_kwargs={"middleware": [Middleware(ClientAddress)]},
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # SIGTERM (a service manager's stop) ends like Ctrl-C, so the upload folder is removed at exit
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     from runtime.errors import ModelError
 
     try:

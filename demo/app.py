@@ -9,7 +9,7 @@ runtime's one-line reason.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ import numpy as np
 
 from demo.examples import DATASETS, example_label
 from demo.uploads import UploadPolicy
-from runtime.artifacts import MANIFEST, manifest_entry
+from runtime.artifacts import MANIFEST, manifest_entry, read_manifest
 from runtime.classifier import Classifier
 from runtime.errors import InputError, ModelError
 from runtime.preprocess import decode_image, fit_image
@@ -33,6 +33,7 @@ TOP_K = 5
 VIEW_SIZE = 224  # the preprocessed image is enlarged with nearest-neighbour, so pixels stay exact
 SKETCH_SIZE = 280
 INPUT_ERROR = "Not a usable image"
+BAD_REQUEST = "Not a usable request"
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,11 @@ def load_models(models_dir: Path) -> dict[tuple[str, str], LoadedModel]:
         manifest = models_dir / dataset / MANIFEST
         if not manifest.is_file():
             continue
-        float_accuracy = json.loads(manifest.read_text()).get("float_accuracy")
+        try:
+            float_accuracy = read_manifest(manifest).get("float_accuracy")
+        except ModelError as exc:
+            log.warning("%s", exc)
+            continue
         for precision in PRECISIONS:
             try:
                 classifier = Classifier.for_dataset(dataset, precision, models_dir, threads=1)
@@ -82,6 +87,24 @@ def enlarge(pixels: np.ndarray) -> np.ndarray:
     return view[..., 0] if view.shape[-1] == 1 else view
 
 
+def one_line_errors(handler):
+    """Any failure but the handler's own messages becomes the same one line for the client, and a
+    logged traceback for the operator: a crafted request never sees Python's exception text."""
+
+    @functools.wraps(handler)
+    def guarded(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception:
+            log.exception("request refused by %s", handler.__name__)
+            message = f"{BAD_REQUEST}: the request does not have the expected form"
+            raise gr.Error(message, print_exception=False) from None
+
+    return guarded
+
+
 class Demo:
     """The handlers behind the page, kept apart from the layout so they can be tested directly."""
 
@@ -94,8 +117,8 @@ class Demo:
         return list(dict.fromkeys(dataset for dataset, _ in self.models))
 
     def model(self, dataset: str, precision: str) -> LoadedModel:
-        if (dataset, precision) not in self.models:
-            raise gr.Error(f"No published {precision} model for {dataset}", print_exception=False)
+        if not (isinstance(dataset, str) and isinstance(precision, str)) or (dataset, precision) not in self.models:
+            raise gr.Error(f"{BAD_REQUEST}: no such model", print_exception=False)
         return self.models[(dataset, precision)]
 
     def labels(self, dataset: str) -> tuple[str, ...]:
@@ -104,6 +127,7 @@ class Demo:
     def card(self, dataset: str, precision: str) -> str:
         return self.model(dataset, precision).card
 
+    @one_line_errors
     def classify(self, image: dict | str | None, dataset: str, precision: str):
         """Top classes, the model's-eye view, the latency line and the model card."""
         loaded = self.model(dataset, precision)
@@ -214,7 +238,11 @@ def build_app(demo: Demo, examples: dict[str, list[Path]], data_dir: Path | None
 def example_picker(dataset: str, paths: list[Path]):
     """A gallery click handler: put the example in the Upload box and switch to its model."""
 
+    @one_line_errors
     def pick(event: gr.SelectData) -> tuple[str, str]:
-        return str(paths[event.index]), dataset
+        index = event.index
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(paths):
+            raise gr.Error(f"{BAD_REQUEST}: no such example", print_exception=False)
+        return str(paths[index]), dataset
 
     return pick

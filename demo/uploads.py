@@ -12,19 +12,30 @@ therefore passes here, and only two things get through:
 
 Both are held to the same byte limit as Gradio's ``/upload`` route (``--max-file-size``). Refusals
 never say whether a path exists, and remote URLs are never fetched.
+
+Gradio keeps every upload forever. :class:`UploadSweeper` bounds the folder: every second it
+deletes files older than ``max_age_s`` and then the oldest files until the folder holds at most
+``max_bytes``; the demo gives it a folder of its own, removed when the server stops.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import re
+import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import InputError
 from runtime.preprocess import MAX_FILE_BYTES, read_image_bytes
+from runtime.text import printable
+
+log = logging.getLogger(__name__)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -62,6 +73,8 @@ class UploadPolicy:
 
     def allows(self, path: str | os.PathLike) -> bool:
         """Whether ``path`` is a file inside the upload folder once every link is followed."""
+        if "\0" in os.fspath(path):
+            return False
         real = Path(os.path.realpath(path))
         return real.is_relative_to(self.folder) and real != self.folder
 
@@ -112,7 +125,67 @@ class UploadPolicy:
 
 def _display_name(value: object) -> str:
     """A client-given file name, safe to echo in one line of a message."""
-    if not isinstance(value, str):
-        return ""
-    printable = "".join(c if c.isprintable() else "?" for c in value)
-    return printable[:_NAME_LIMIT]
+    return printable(value, _NAME_LIMIT) if isinstance(value, str) else ""
+
+
+class UploadSweeper:
+    """Keeps an upload folder within an age and a byte budget, from a background thread."""
+
+    def __init__(self, folder: Path, max_bytes: int, max_age_s: float = 600.0, interval_s: float = 1.0) -> None:
+        self.folder, self.max_bytes, self.max_age_s, self.interval_s = folder, max_bytes, max_age_s, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="upload-sweeper", daemon=True)
+
+    def start(self) -> UploadSweeper:
+        self._thread.start()
+        return self
+
+    def stop(self, remove: bool = False) -> None:
+        """Stop sweeping; ``remove`` deletes the whole folder (the demo's own, at shutdown)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        if remove:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sweep()
+            except Exception:  # never let one odd file end the sweeping
+                log.exception("sweeping %s failed", self.folder)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete expired files, then the oldest, until within budget; returns the bytes freed."""
+        files = []
+        for root, _, names in os.walk(self.folder):
+            for name in names:
+                try:
+                    status = os.lstat(os.path.join(root, name))
+                except OSError:
+                    continue
+                files.append((status.st_mtime, status.st_size, os.path.join(root, name)))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        cutoff = (now if now is not None else time.time()) - self.max_age_s
+        freed = 0
+        for mtime, size, path in files:
+            if mtime >= cutoff and total - freed <= self.max_bytes:
+                break
+            try:
+                os.unlink(path)
+                freed += size
+            except OSError:
+                continue
+        if freed:
+            self._remove_empty_folders()
+            log.info("removed %d bytes of old uploads from %s", freed, self.folder)
+        return freed
+
+    def _remove_empty_folders(self) -> None:
+        for root, _, _ in sorted(os.walk(self.folder), key=lambda item: -len(item[0])):
+            if Path(root) != self.folder:
+                try:
+                    os.rmdir(root)
+                except OSError:
+                    pass

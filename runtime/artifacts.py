@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from pathlib import Path
 
 from runtime.errors import ModelError
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
+REJECTED = "rejected"  # where export puts the artifacts that failed their gate, with its reports
 MODELS_DIR_ENV = "EDGEPACK_MODELS_DIR"
 
 
@@ -53,6 +57,7 @@ def read_manifest(path: Path) -> dict:
         manifest = json.loads(path.read_text())
         if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
             raise ValueError("no 'artifacts' list")
+        _check_numbers(manifest, ("float_accuracy",), "the manifest")
         for number, entry in enumerate(manifest["artifacts"]):
             _check_entry(entry, number)
         return manifest
@@ -71,6 +76,30 @@ def _check_entry(entry: object, number: int) -> None:
             raise ValueError(f"entry {number}: {key!r} must be a string")
     if "passed" in entry and not isinstance(entry["passed"], bool):
         raise ValueError(f"entry {number}: 'passed' must be true or false")
+    _check_numbers(entry, NUMERIC_FIELDS, f"entry {number}")
+
+
+# The figures a manifest states: each a finite number (or null, for one not measured) where present,
+# so that every reader can format them without checking again.
+NUMERIC_FIELDS = (
+    "bytes",
+    "accuracy",
+    "delta_pp",
+    "drop_bound_pp",
+    "agreement",
+    "confident_agreement",
+    "drift_p99",
+    "max_abs_diff",
+)
+
+
+def _check_numbers(record: dict, keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        value = record.get(key)
+        if value is not None and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+        ):
+            raise ValueError(f"{where}: {key!r} must be a finite number, not {value!r}"[:200])
 
 
 def manifest_entry(model: Path) -> dict | None:
@@ -85,8 +114,15 @@ def manifest_entry(model: Path) -> dict | None:
 
 
 def verify_artifact(model: Path) -> None:
-    """Refuse a model whose bytes differ from its manifest entry's sha256."""
+    """Refuse a model whose bytes differ from its manifest entry's sha256; warn loudly about one
+    that its folder shows failed the parity gate (``rejected/``, or listed as not passed)."""
     entry = manifest_entry(model)
+    if _failed_its_gate(model, entry):
+        log.warning(
+            "warning: %s did not pass its parity gate (see parity.md beside it): its answers may differ from the "
+            "float model's; use a published artifact",
+            model,
+        )
     if entry is None or "sha256" not in entry:
         return
     actual = sha256_of(model)
@@ -95,6 +131,12 @@ def verify_artifact(model: Path) -> None:
             f"{model}: sha256 {actual[:12]}... does not match {MANIFEST} ({entry['sha256'][:12]}...); "
             "the file was changed after export"
         )
+
+
+def _failed_its_gate(model: Path, entry: dict | None) -> bool:
+    if entry is not None:
+        return entry.get("passed") is False
+    return model.parent.name == REJECTED and (model.parent / "parity.json").is_file()
 
 
 def find_artifact(dataset: str, precision: str, fmt: str = "onnx", models_dir: Path | None = None) -> Path:

@@ -14,10 +14,14 @@ from runtime.artifacts import find_artifact, verify_artifact
 from runtime.errors import ModelError
 from runtime.metadata import METADATA_KEY, ModelInfo
 from runtime.preprocess import ImageSource, as_sources, normalize, to_pixels
+from runtime.text import first_line
 
 log = logging.getLogger(__name__)
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}
+# The most input bytes one session.run receives: a model declaring a large input runs in smaller
+# batches (down to one image) instead of asking for gigabytes at the default batch size.
+MAX_BATCH_BYTES = 256 * 1024 * 1024
 
 
 def bounded_threads(threads: int | None) -> int | None:
@@ -58,8 +62,7 @@ def open_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     try:
         return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own pybind exception types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a loadable ONNX model ({reason[:200]})") from None
+        raise ModelError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
 
 
 def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
@@ -78,10 +81,19 @@ def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
     if dtype != info.dtype:
         raise ModelError(f"{path}: input type {inputs[0].type} does not match metadata dtype {info.dtype}")
     outputs = session.get_outputs()
-    classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
-    if len(outputs) != 1 or (isinstance(classes, int) and classes != info.num_classes):
+    if len(outputs) != 1 or len(outputs[0].shape or ()) != 2:
+        shapes = [output.shape for output in outputs]
+        raise ModelError(f"{path}: expected one output of shape [batch, classes], found {shapes}")
+    classes = outputs[0].shape[-1]
+    if isinstance(classes, int) and classes != info.num_classes:
         raise ModelError(f"{path}: the metadata names {info.num_classes} labels but the model outputs {classes} scores")
     return info
+
+
+def batch_limit(info: ModelInfo, batch_size: int) -> int:
+    """``batch_size`` lowered until one batch's input tensor fits ``MAX_BATCH_BYTES``."""
+    per_image = info.height * info.width * info.channels * (4 if info.dtype == "float32" else 1)
+    return max(1, min(batch_size, MAX_BATCH_BYTES // per_image))
 
 
 class Classifier:
@@ -98,7 +110,7 @@ class Classifier:
         self.info = read_model_info(self.session, self.path)
         self.input_name = self.session.get_inputs()[0].name
         batch_dim = self.session.get_inputs()[0].shape[0]
-        self.batch_size = 1 if batch_dim == 1 else max(1, batch_size)
+        self.batch_size = 1 if batch_dim == 1 else batch_limit(self.info, max(1, batch_size))
 
     @classmethod
     def for_dataset(
@@ -120,14 +132,17 @@ class Classifier:
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities for an NxHxWxC uint8 batch, fed to the session in chunks."""
-        outputs = [
-            self.session.run(None, {self.input_name: normalize(pixels[i : i + self.batch_size], self.info)})[0]
-            for i in range(0, len(pixels), self.batch_size)
-        ]
+        outputs = [self._run_batch(pixels[i : i + self.batch_size]) for i in range(0, len(pixels), self.batch_size)]
         if not outputs:
             return np.zeros((0, self.info.num_classes), np.float32)
         merged = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
         return merged.astype(np.float32, copy=False)
+
+    def _run_batch(self, pixels: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run(None, {self.input_name: normalize(pixels, self.info)})[0]
+        except Exception as exc:  # onnxruntime's own exception types: bad shapes, failed allocations
+            raise ModelError(f"{self.path}: inference failed ({first_line(exc)})") from None
 
     def predict(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
         return self.run(self.pixels(images))
@@ -139,4 +154,8 @@ class Classifier:
         return [[(self.labels[j], float(row[j])) for j in idx] for row, idx in zip(probabilities, order)]
 
     def classify(self, images: ImageSource | Sequence[ImageSource], top_k: int = 3) -> list[list[tuple[str, float]]]:
-        return self.top_k(self.predict(images), top_k)
+        """The ``top_k`` labels of each image; a ModelError if the model's scores are not finite."""
+        probabilities = self.predict(images)
+        if not np.isfinite(probabilities).all():
+            raise ModelError(f"{self.path}: the model's scores are not finite numbers (NaN or infinity); it is broken")
+        return self.top_k(probabilities, top_k)

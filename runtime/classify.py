@@ -1,7 +1,10 @@
 """python -m runtime.classify: print the top classes of image files with an exported ONNX model.
 
 Exit codes: 0 every input classified; 1 some inputs failed (each named on stderr, the others still
-classified); 2 usage or model errors.
+classified); 2 usage or model errors (a run past ``--timeout`` included).
+
+Every file name and label in a printed line is escaped (:func:`runtime.text.printable`), so neither
+a hostile file name nor a hostile model's labels can forge a result line or drive the terminal.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import argparse
 import glob
 import json
 import os
+import subprocess
 import sys
 from collections import deque
 from collections.abc import Iterator
@@ -21,6 +25,7 @@ import numpy as np
 from runtime.classifier import Classifier
 from runtime.errors import InputError, RuntimeFailure
 from runtime.preprocess import find_images, to_pixels
+from runtime.text import printable, utf8_safe
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_BATCH_SIZE = 4096
@@ -58,6 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="threads decoding images, at most the core count (default: --threads, else all cores)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help="stop after this many seconds with exit code 2: the run happens in a worker process that is killed "
+        "then (ONNX Runtime has no time limit of its own; use it for models from unknown sources)",
+    )
     args = parser.parse_args(argv)
     for flag in ("top_k", "batch_size", "threads"):
         value = getattr(args, flag)
@@ -67,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--batch-size must be at most {MAX_BATCH_SIZE}")
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        parser.error("--timeout must be a positive number of seconds")
     args.workers = min(args.workers or args.threads or CORES, CORES)
     return args
 
@@ -90,22 +103,20 @@ def expand_inputs(inputs: list[str]) -> Iterator[tuple[str, InputError | None]]:
             yield item, None
 
 
-def display_name(name: str) -> str:
-    """A file name that prints on any terminal: bytes that are not UTF-8 (kept by Python as
-    surrogate escapes) are written as \\xNN, so one odd name cannot stop the output."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def format_human(name: str, top: list[tuple[str, float]]) -> str:
     (label, prob), rest = top[0], top[1:]
-    others = ", ".join(f"{lab} {100 * p:.1f}%" for lab, p in rest)
-    return f"{display_name(name)}: {label} {100 * prob:.1f}%" + (f" ({others})" if others else "")
+    others = ", ".join(f"{printable(lab)} {100 * p:.1f}%" for lab, p in rest)
+    return f"{printable(name)}: {printable(label)} {100 * prob:.1f}%" + (f" ({others})" if others else "")
 
 
 def format_json(name: str, top: list[tuple[str, float]], labels: tuple[str, ...]) -> str:
     index = {label: i for i, label in enumerate(labels)}
     ranked = [{"label": lab, "index": index[lab], "probability": round(p, 6)} for lab, p in top]
-    return json.dumps({"file": display_name(name), **ranked[0], "top_k": ranked})
+    return json.dumps({"file": utf8_safe(name), **ranked[0], "top_k": ranked}, allow_nan=False)
+
+
+def report_error(message: str) -> None:
+    print(f"error: {printable(message)}", file=sys.stderr)
 
 
 def decoded(
@@ -144,10 +155,16 @@ def classify_files(clf: Classifier, inputs: list[str], top_k: int, as_json: bool
     pending: list[tuple[str, np.ndarray]] = []
 
     def flush() -> None:
+        nonlocal failed
         if not pending:
             return
         probabilities = clf.run(np.concatenate([pixels for _, pixels in pending]))
-        for (name, _), top in zip(pending, clf.top_k(probabilities, top_k)):
+        finite = np.isfinite(probabilities).all(axis=1)
+        for (name, _), top, ok in zip(pending, clf.top_k(probabilities, top_k), finite):
+            if not ok:
+                failed += 1
+                report_error(f"{name}: the model's scores are not finite numbers (NaN or infinity); it is broken")
+                continue
             print(format_json(name, top, clf.labels) if as_json else format_human(name, top), flush=False)
         sys.stdout.flush()
         pending.clear()
@@ -155,7 +172,7 @@ def classify_files(clf: Classifier, inputs: list[str], top_k: int, as_json: bool
     for name, result in decoded(expand_inputs(inputs), clf.info, workers):
         if isinstance(result, InputError):
             failed += 1
-            print(f"error: {display_name(str(result))}", file=sys.stderr)
+            report_error(str(result))
         else:
             pending.append((name, result))
         if len(pending) >= clf.batch_size:
@@ -164,8 +181,44 @@ def classify_files(clf: Classifier, inputs: list[str], top_k: int, as_json: bool
     return failed
 
 
+def run_in_worker(argv: list[str], timeout: float) -> int:
+    """This same command without ``--timeout``, in a child process killed after ``timeout`` seconds.
+
+    Its output goes straight to ours, so results printed before the limit are kept."""
+    command = [sys.executable, "-m", "runtime.classify", *argv]
+    with subprocess.Popen(command, start_new_session=True) as child:
+        try:
+            return child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            report_error(f"stopped after {timeout:g} s (--timeout): the model did not finish; results above are kept")
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            child.kill()
+            child.wait()
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def without_timeout(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--timeout`` option (either spelling)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--timeout":
+            skip = True
+        elif not item.startswith("--timeout="):
+            kept.append(item)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.timeout is not None:
+        return run_in_worker(without_timeout(argv), args.timeout)
     try:
         if args.model:
             clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size)
@@ -173,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             clf = Classifier.for_dataset(args.dataset, args.precision, threads=args.threads, batch_size=args.batch_size)
         failed = classify_files(clf, args.inputs, args.top_k, args.json, args.workers)
     except RuntimeFailure as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_error(str(exc))
         return EXIT_USAGE
     except BrokenPipeError:
         sys.stderr.close()

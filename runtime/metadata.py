@@ -17,7 +17,13 @@ METADATA_KEY = "edgepack"
 SCHEMA_VERSION = 1
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "uint8")
-MAX_SIDE = 8192
+MAX_SIDE = 4096
+# The largest input a model may declare: 16.8 Mpixels, inside the 40-Mpixel limit on images
+# (runtime.preprocess.MAX_PIXELS), so that no metadata can ask for tensors an image could not fill.
+MAX_INPUT_PIXELS = MAX_SIDE * MAX_SIDE
+# Largest magnitude a preprocessed value may reach: real models see values within a few hundred; a
+# std of 1e-45 or a scale of 1e308 would turn every image into infinities (then NaN scores).
+MAX_INPUT_MAGNITUDE = 1e6
 
 
 def _is_int(value: object) -> bool:
@@ -62,10 +68,9 @@ class ModelInfo:
                 raise ModelError(f"metadata {name} must be a whole number from 1 to {MAX_SIDE}, not {value!r}")
         if self.channels not in (1, 3):
             raise ModelError(f"unsupported channel count {self.channels} (expected 1 or 3)")
-        if not isinstance(self.labels, tuple) or not all(isinstance(label, str) for label in self.labels):
-            raise ModelError("metadata labels must be a list of strings")
-        if len(self.labels) < 2:
-            raise ModelError("the model metadata lists fewer than two labels")
+        if self.height * self.width > MAX_INPUT_PIXELS:
+            raise ModelError(f"metadata input {self.height}x{self.width} exceeds {MAX_INPUT_PIXELS} pixels")
+        self._check_labels()
         if not _is_number(self.scale) or not 0 < self.scale < math.inf:
             raise ModelError(f"metadata scale must be a positive number, not {self.scale!r}")
         for name, values in (("mean", self.mean), ("std", self.std)):
@@ -75,8 +80,32 @@ class ModelInfo:
                 raise ModelError(f"metadata {name} has {len(values)} values for {self.channels} channels")
         if any(s == 0 for s in self.std):
             raise ModelError("metadata std contains zero")
+        self._check_input_range()
         if not isinstance(self.extra, dict):
             raise ModelError("metadata extra must be an object")
+
+    def _check_labels(self) -> None:
+        """Labels name classes one to one: a blank or repeated label makes results ambiguous."""
+        if not isinstance(self.labels, tuple) or not all(isinstance(label, str) for label in self.labels):
+            raise ModelError("metadata labels must be a list of strings")
+        if len(self.labels) < 2:
+            raise ModelError("the model metadata lists fewer than two labels")
+        if not all(label.strip() for label in self.labels):
+            raise ModelError("metadata labels include an empty one")
+        repeated = sorted({label for label in self.labels if self.labels.count(label) > 1})
+        if repeated:
+            raise ModelError(f"metadata labels repeat {repeated[0]!r}: each class needs its own name")
+
+    def _check_input_range(self) -> None:
+        """The values pixels 0 and 255 become must be finite and of a sane magnitude in float32."""
+        for mean, std in zip(self.mean * self.channels, self.std * self.channels):
+            for pixel in (0, 255):
+                value = (pixel * self.scale - mean) / std
+                if not abs(value) <= MAX_INPUT_MAGNITUDE:  # NaN fails too
+                    raise ModelError(
+                        f"metadata scale {self.scale!r}, mean {mean!r} and std {std!r} map pixel {pixel} to {value!r}, "
+                        f"beyond +-{MAX_INPUT_MAGNITUDE:g}: degenerate preprocessing"
+                    )
 
     @property
     def num_classes(self) -> int:

@@ -8,7 +8,9 @@ Documented behaviour:
 * Sources: a file path, raw bytes, a PIL image, or a uint8 numpy array. A 2-D array is one
   grayscale image; a 3-D array whose last axis is 1, 3 or 4 is one HxWxC image, any other 3-D
   array a batch of grayscale images (NxHxW); a 4-D array is a batch NxHxWxC.
-* Files: any format Pillow reads (the first frame of animations), EXIF orientation applied.
+* Files: PNG, JPEG (phones' MPO included), WebP, BMP, GIF and TIFF (first frame), PPM/PGM/PBM and ICO
+  (``IMAGE_FORMATS``), EXIF orientation applied. Every other format Pillow knows (EPS, which would
+  reach Ghostscript, PSD, FITS and some forty more) is refused before its decoder runs.
 * Modes: transparency (RGBA, LA, P with a transparent colour) is composited on white; 16-bit and
   32-bit integer images are scaled to 8 bits; CMYK and other colour modes are converted by Pillow.
   The result is converted to L (ITU-R 601-2 luma) or RGB, whichever the model takes.
@@ -36,7 +38,10 @@ ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 40_000_000
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "ICO")
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".ico"}
+)
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _WHITE = (255, 255, 255, 255)
 
@@ -77,11 +82,11 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     if not data:
         raise InputError(f"{name}: empty file")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:  # a header claiming far more pixels than MAX_PIXELS
         raise InputError(f"{name}: image too large ({exc}; limit {MAX_PIXELS} pixels)") from None
     except Exception:  # Pillow signals unknown formats with several exception types
-        raise InputError(f"{name}: not an image (or a format Pillow cannot read)") from None
+        raise InputError(f"{name}: not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
     pixels = image.size[0] * image.size[1]
     if pixels > MAX_PIXELS:
         raise InputError(f"{name}: image too large ({image.size[0]}x{image.size[1]} pixels, limit {MAX_PIXELS})")

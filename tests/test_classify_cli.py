@@ -79,7 +79,7 @@ def test_bad_inputs_exit_1_and_the_rest_still_classified(images, int8_model, tmp
     errors = result.stderr.strip().splitlines()
     assert errors == [
         f"error: {empty}: empty file",
-        f"error: {text}: not an image (or a format Pillow cannot read)",
+        f"error: {text}: not an image in a supported format (PNG, JPEG, WEBP, BMP, GIF, TIFF, PPM, ICO)",
         f"error: {truncated}: cannot decode image (image file is truncated)",
         f"error: {tmp_path / 'missing.png'}: no such file",
         f"error: {empty_dir}: directory contains no images",

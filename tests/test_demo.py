@@ -8,6 +8,8 @@ import io
 import json
 import os
 import socket
+import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -272,3 +274,212 @@ def test_browser_uploads_an_image_and_reads_the_prediction(server, examples, tmp
     assert shown == expected == example_label(path, runtime.labels)
     with Image.open(shot) as picture:
         assert picture.format == "PNG" and picture.width == 1280 and picture.height > 600
+
+
+# --- The third hostile-input sweep: crafted requests, login brute force, upload storage, bad manifests
+
+
+@pytest.mark.parametrize(
+    ("payload", "dataset"),
+    [
+        ({"path": {"nested": "dict"}}, "cifar10"),
+        ({"path": "/tmp/a\0b.png"}, "cifar10"),
+        ({"path": ["a", "b"]}, "cifar10"),
+        (None, {"a": 1}),
+        (None, ["cifar10"]),
+        ({"url": 42, "orig_name": {"x": 1}}, "cifar10"),
+    ],
+    ids=["dict-path", "nul-byte", "list-path", "dict-dataset", "list-dataset", "odd-types"],
+)
+def test_crafted_requests_get_one_line_messages(server, client, examples, payload, dataset):
+    event, data = raw_call(server, "classify", payload, dataset=dataset)
+    text = json.dumps(data)
+    assert event == "error", data
+    for leak in ("unhashable", "embedded null", "index out of range", "Traceback", "object has no attribute"):
+        assert leak not in text, text
+    label, _, _ = classify(client, examples["cifar10"][0], "cifar10")  # still serving
+    assert label["label"]
+
+
+def test_a_hidden_handler_refuses_an_out_of_range_example():
+    import gradio as gr
+
+    from demo.app import example_picker
+
+    pick = example_picker("cifar10", [Path("a.png"), Path("b.png")])
+
+    class Event:
+        index = 7
+
+    with pytest.raises(gr.Error, match="no such example"):
+        pick(Event())
+    Event.index = 1
+    assert pick(Event()) == ("b.png", "cifar10")
+
+
+def test_login_failures_lock_the_client_out_and_are_logged(caplog):
+    import asyncio
+
+    from demo.login import MAX_CLIENT_FAILURES, MAX_FAILURES, LoginGuard
+
+    now = [0.0]
+    guard = LoginGuard([("ann", "right")], clock=lambda: now[0], delay_s=0, lockout_s=30)
+
+    def login(user: str, password: str) -> bool:
+        return asyncio.run(guard.check(user, password))
+
+    assert login("ann", "right")
+    with caplog.at_level("WARNING", logger="demo.login"):
+        assert not any(login("ann", f"guess{i}") for i in range(MAX_FAILURES))
+    assert "failed login of 'ann' from unknown" in caplog.text and "locked out" in caplog.text
+    assert not login("ann", "right")  # locked (30 s): even the right password is refused, and counts (60 s)
+    now[0] += 59
+    assert not login("ann", "right")  # still locked, and locked for 120 s from now
+    now[0] += 121
+    assert login("ann", "right")  # after the lockout, the user gets in, and the count is cleared
+    assert not login("ann", "wrong") and login("ann", "right")
+    for i in range(MAX_CLIENT_FAILURES):  # many users from one client: the client is locked out
+        login(f"user{i}", "x")
+    assert not login("ann", "right")
+
+
+def post_login(base: str, user: str, password: str) -> int:
+    body = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    request = urllib.request.Request(f"{base}login", body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_brute_force_over_http_is_throttled(shared_data, tmp_path, caplog):
+    auth = tmp_path / "auth.txt"
+    auth.write_text("ann:correct horse\n")
+    args = parse_args(["--port", str(free_port()), "--models-dir", str(MODELS), "--auth-file", str(auth)])
+    app, folders = create(args)
+    with caplog.at_level("WARNING", logger="demo.login"):
+        launch(app, folders, args, block=False)
+        base = f"http://127.0.0.1:{args.port}/"
+        try:
+            assert post_login(base, "ann", "correct horse") == 200
+            with ThreadPoolExecutor(max_workers=30) as pool:
+                codes = list(pool.map(lambda i: post_login(base, "ann", f"guess {i}"), range(30)))
+            assert codes == [400] * 30
+            assert post_login(base, "ann", "correct horse") == 400  # locked out now
+        finally:
+            app.close()
+    assert caplog.text.count("failed login of 'ann' from 127.0.0.1") >= 30
+    assert "127.0.0.1 locked out for user 'ann' after 5 failed logins" in caplog.text
+
+
+def upload(base: str, name: str, data: bytes) -> int:
+    boundary = "edgepack-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    request = urllib.request.Request(f"{base}gradio_api/upload", body, headers, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files in ``folder``, some of which the sweeper may delete meanwhile."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def test_a_burst_of_uploads_stays_within_the_storage_budget(shared_data):
+    import time
+
+    from gradio.utils import get_upload_folder
+
+    budget = 1024 * 1024
+    args = parse_args(
+        ["--port", str(free_port()), "--models-dir", str(MODELS), "--max-file-size", "400kb", "--max-upload-storage",
+         "1mb"]
+    )  # fmt: skip
+    app, folders = create(args)
+    launch(app, folders, args, block=False)
+    base = f"http://127.0.0.1:{args.port}/"
+    folder = Path(get_upload_folder())
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            codes = list(pool.map(lambda i: upload(base, f"{i}.png", os.urandom(300 * 1024)), range(30)))
+        assert codes == [200] * 30  # 9 MB accepted in a burst
+        deadline = time.monotonic() + 10
+        while folder_bytes(folder) > budget and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert folder_bytes(folder) <= budget
+    finally:
+        app.close()
+
+
+def test_uploads_do_not_outlive_the_server(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"} | {"TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "demo", "--port", str(port), "--models-dir", str(MODELS)]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                assert upload(base, "x.png", png_bytes()) == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        folders = list(tmp_path.glob("edgepack-demo-uploads-*"))
+        assert len(folders) == 1 and folder_bytes(folders[0]) > 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err[-2000:]
+    assert not folders[0].exists()
+
+
+def test_a_malformed_manifest_is_skipped_with_a_warning_or_one_line(tmp_path, caplog):
+    import shutil
+    import subprocess
+    import sys
+
+    from demo.app import load_models
+    from runtime.errors import ModelError
+
+    models = tmp_path / "models"
+    for name in ("fashion_mnist", "cifar10"):
+        (models / name).mkdir(parents=True)
+        for file in ("manifest.json", "model_int8.onnx", "model_fp32.onnx"):
+            shutil.copy2(MODELS / name / file, models / name / file)
+    (models / "cifar10" / "manifest.json").write_text("{ not json")
+    fashion = json.loads((models / "fashion_mnist" / "manifest.json").read_text())
+    fashion["artifacts"][0]["accuracy"] = "very high"
+    (models / "fashion_mnist" / "manifest.json").write_text(json.dumps(fashion))
+    with caplog.at_level("WARNING"), pytest.raises(ModelError, match="no exported models"):
+        load_models(models)
+    assert "'accuracy' must be a finite number" in caplog.text and "unreadable manifest" in caplog.text
+    result = subprocess.run(
+        [sys.executable, "-m", "demo", "--models-dir", str(models), "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    errors = [line for line in result.stderr.splitlines() if not line.startswith(("INFO ", "WARNING "))]
+    assert result.returncode == 2 and len(errors) == 1 and "no exported models" in errors[0], result.stderr

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from runtime.text import printable
 from train.native_logs import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
@@ -68,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size must be at least 1")
     if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
         parser.error("--val-fraction must be at least 0 and below 1")
+    args.out_given = args.out is not None
     args.out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     return args
 
@@ -103,6 +105,17 @@ def check_output(folder: Path, quick: bool) -> None:
         raise TrainError(f"{folder}: cannot write the training outputs there ({exc.strerror or exc})") from None
 
 
+def check_user_dataset_output(requested: str, name: str, folder: Path, out_given: bool) -> None:
+    """A user's image folder never trains into a shipped release's folder by accident: a folder named
+    like a registered dataset (``data/fashion_mnist``) needs an explicit ``--out``."""
+    if requested in REGISTRY or name not in REGISTRY or out_given:
+        return
+    raise TrainError(
+        f"{requested} is named like the registered dataset {name!r}: training it would write into {folder}, "
+        "that dataset's release folder; rename the folder or give --out"
+    )
+
+
 class TrainError(Exception):
     """A run that must not or cannot start: its output folder."""
 
@@ -115,6 +128,7 @@ def run(args: argparse.Namespace) -> None:
     for name in names:
         dataset = load_dataset(name, args.data_dir)
         out = args.out / dataset.name
+        check_user_dataset_output(name, dataset.name, out, args.out_given)
         check_output(out, args.quick)
         plot_samples(dataset.x_train, dataset.y_train, dataset.labels, out / "samples.png")
         metrics = train(
@@ -145,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (DataError, TrainError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # the disk filled up or a folder turned read-only mid-run
         print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)

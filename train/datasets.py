@@ -8,7 +8,8 @@ make (``EDGEPACK_OFFLINE=1`` forbids it, as tests do).
 Formats: Fashion-MNIST as IDX files (gzipped or not); CIFAR-10 as the canonical
 ``cifar-10-batches-py`` pickles or as an image-folder tree; and any image-folder tree
 ``train/<class>/*``, ``test/<class>/*`` as a directory or a ``.tar.gz``. Image folders are decoded
-through the runtime's own preprocessing and cached, keyed by the source's size and mtime.
+through the runtime's own preprocessing (its formats and its per-file size limit, checked before a
+file is read) and cached, keyed by every file's path, size and mtime (an archive's own).
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ from tqdm import tqdm
 
 from runtime.errors import InputError
 from runtime.metadata import ModelInfo
-from runtime.preprocess import IMAGE_SUFFIXES, decode_image, fit_image
+from runtime.preprocess import IMAGE_SUFFIXES, MAX_FILE_BYTES, decode_image, fit_image, read_image_bytes
 
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "EDGEPACK_DATA_DIR"
 CACHE_DIR_ENV = "EDGEPACK_CACHE_DIR"
 OFFLINE_ENV = "EDGEPACK_OFFLINE"
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 class DataError(Exception):
@@ -193,7 +195,11 @@ def _walk_directory(root: Path) -> Iterator[Entry]:
             yield (*_class_folder(member), str(path), None)
         found = _split_and_class(member)
         if found and path.is_file():
-            yield (*found, str(path), path.read_bytes())
+            try:
+                data = read_image_bytes(path)  # the runtime's limits, checked before reading
+            except InputError as exc:
+                raise DataError(str(exc)) from None
+            yield (*found, str(path), data)
 
 
 def _walk_tarball(archive: Path) -> Iterator[Entry]:
@@ -204,6 +210,10 @@ def _walk_tarball(archive: Path) -> Iterator[Entry]:
                     yield (*_class_folder(member.name), f"{archive}:{member.name}", None)
                 found = _split_and_class(member.name)
                 if found and member.isfile():
+                    if member.size > MAX_FILE_BYTES:
+                        raise DataError(
+                            f"{archive}:{member.name}: file too large ({member.size} bytes, limit {MAX_FILE_BYTES})"
+                        )
                     handle = tar.extractfile(member)
                     yield (*found, f"{archive}:{member.name}", handle.read() if handle else b"")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
@@ -233,12 +243,12 @@ def _decode_entries(entries: Iterator[Entry], source: Path, labels: tuple[str, .
                 f"{source}: no images under {split}/<class>/ (expected train/<class>/*.jpg and test/<class>/*.jpg)"
             )
     found = sorted({label for label, _ in collected["train"]})
+    if labels is None and len(found) < 2:
+        raise DataError(f"{source}: a classifier needs at least two class folders under train/, found {found}")
     expected = labels or tuple(found)
     unknown = sorted({label for split in collected.values() for label, _ in split} - set(expected))
-    if unknown or len(found) < 2:
-        raise DataError(
-            f"{source}: class folders {unknown or found} do not match the expected classes {list(expected)}"
-        )
+    if unknown:
+        raise DataError(f"{source}: class folders {unknown} do not match the expected classes {list(expected)}")
     _check_classes(source, collected, folders, labels)
     labels = expected
     index = {label: i for i, label in enumerate(labels)}
@@ -246,7 +256,19 @@ def _decode_entries(entries: Iterator[Entry], source: Path, labels: tuple[str, .
     for split in ("train", "test"):
         arrays.append(np.stack([pixels for _, pixels in collected[split]]))
         arrays.append(np.array([index[label] for label, _ in collected[split]], dtype=np.int64))
-    return Dataset(source.name.split(".")[0], labels, *arrays)
+    return Dataset(dataset_name(source), labels, *arrays)
+
+
+def dataset_name(source: Path) -> str:
+    """A user dataset's name: its folder or archive name, less an archive suffix and leading dots
+    (``data/fashion_mnist.v2`` -> ``fashion_mnist.v2``, ``shapes.tar.gz`` -> ``shapes``,
+    ``.hidden`` -> ``hidden``); never empty and never a path."""
+    name = source.resolve().name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.lstrip(".") or "dataset"
 
 
 def _check_classes(source: Path, collected: dict, folders: dict[str, set[str]], labels) -> None:
@@ -274,10 +296,36 @@ def cache_dir() -> Path:
     return Path(base) / "edgepack"
 
 
+def _fingerprint(source: Path) -> str:
+    """What the decoded arrays depend on: an archive's size and mtime, or every file's path, size and
+    mtime below a directory (a changed image or an added class changes neither the top folder's
+    size nor its mtime). A stat per file: about a second for CIFAR-10's 60,000 images."""
+    digest = hashlib.sha256()
+    pending = [source]
+    while pending:
+        folder = pending.pop()
+        if not folder.is_dir():
+            status = folder.stat()
+            digest.update(f"{folder}|{status.st_size}|{status.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            continue
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.is_dir(follow_symlinks=True):
+                    pending.append(Path(entry.path))
+                else:
+                    status = entry.stat()
+                    line = f"{entry.path}|{status.st_size}|{status.st_mtime_ns}\n"
+                    digest.update(line.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
 def _cache_path(source: Path, labels: tuple[str, ...] | None) -> Path:
-    stat = source.stat()
-    key = f"{_CACHE_VERSION}|{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{labels}"
-    return cache_dir() / f"{source.name.split('.')[0]}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    try:
+        fingerprint = _fingerprint(source)
+    except OSError as exc:
+        raise DataError(f"{exc.filename or source}: cannot read ({exc.strerror or exc})") from None
+    key = f"{_CACHE_VERSION}|{source.resolve()}|{fingerprint}|{labels}"
+    return cache_dir() / f"{dataset_name(source)}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
 def load_image_folder(source: Path, name: str | None = None, labels: tuple[str, ...] | None = None) -> Dataset:

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from runtime.environment import cpu_name, library_versions
+from runtime.text import first_line
 from train.batches import Augment, Batches
 from train.datasets import DataError, Dataset, subset, train_val_split
 from train.initialization import init_airbench
@@ -253,6 +254,19 @@ def write_json(path: Path, payload: dict) -> None:
     partial.replace(path)
 
 
+def _build(arch: str, data: Dataset, classes: int) -> keras.Model:
+    """The architecture for this data; images too small for its downsampling are one clear error
+    (Keras says "output size would be negative/zero" from deep inside a layer)."""
+    try:
+        return build_model(arch, data.input_shape, classes, training_layout=True)
+    except ValueError as exc:
+        height, width, _ = data.input_shape
+        raise DataError(
+            f"{data.name}: {arch} cannot take {height}x{width} images ({first_line(exc)}); image folders are sized "
+            "like their first image: resize the images or choose another --arch"
+        ) from None
+
+
 def train(config: TrainConfig) -> dict:
     """Train, select the best epoch on validation, evaluate on test, and write the outputs."""
     _make_deterministic(config.seed)
@@ -299,7 +313,7 @@ def train(config: TrainConfig) -> dict:
     test_ds = Batches(data.x_test, data.y_test, k, batch_size)
 
     with scope:
-        model = build_model(config.arch, data.input_shape, k, training_layout=True)
+        model = _build(config.arch, data, k)
         if WHITEN_LAYER in {layer.name for layer in model.layers}:
             init_airbench(model, x_train, WHITEN_LAYER, config.seed, recipe.whiten, recipe.identity_init)
         model.compile(

@@ -19,12 +19,19 @@ def _save(fig: plt.Figure, path: Path) -> None:
     partial.replace(path)
 
 
+MAX_PREVIEW_CLASSES = 20  # a dataset of 10,000 classes took minutes and gigabytes to draw whole
+
+
 def plot_samples(
     images: np.ndarray, targets: np.ndarray, labels: tuple[str, ...], path: Path, per_class: int = 4
 ) -> None:
-    """A grid with ``per_class`` example images of every class, each column one class."""
-    fig, axes = plt.subplots(per_class, len(labels), figsize=(1.3 * len(labels), 1.45 * per_class), squeeze=False)
-    for col, label in enumerate(labels):
+    """A grid with ``per_class`` example images of each class (the first ``MAX_PREVIEW_CLASSES``
+    classes), each column one class."""
+    shown = labels[:MAX_PREVIEW_CLASSES]
+    fig, axes = plt.subplots(per_class, len(shown), figsize=(1.3 * len(shown), 1.45 * per_class), squeeze=False)
+    if len(shown) < len(labels):
+        fig.suptitle(f"the first {len(shown)} of {len(labels)} classes", fontsize=9)
+    for col, label in enumerate(shown):
         picks = np.flatnonzero(targets == col)[:per_class]
         for row in range(per_class):
             ax = axes[row, col]
