@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
 
+from runtime.text import printable
 from train.native_logs import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
@@ -29,7 +31,14 @@ from export.pipeline import (  # noqa: E402
 from export.publish import PublishError  # noqa: E402
 from export.quantize import CALIBRATION_METHODS  # noqa: E402
 from export.report import status_rows, status_text  # noqa: E402
-from export.source import ExportError, Preprocessing, Source, release_source, user_source  # noqa: E402
+from export.source import (  # noqa: E402
+    ExportError,
+    Preprocessing,
+    Source,
+    import_user_module,
+    release_source,
+    user_source,
+)
 from export.tta import TTA_CHOICES  # noqa: E402
 from runtime.errors import RuntimeFailure  # noqa: E402
 from train.datasets import REGISTRY, DataError  # noqa: E402
@@ -75,6 +84,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     preprocessing.add_argument("--mean", metavar="M[,M,M]", help="subtracted after the range (ImageNet style)")
     preprocessing.add_argument("--std", metavar="S[,S,S]", help="divided by after the mean")
     preprocessing.add_argument("--labels", help="comma-separated class names (default: the dataset's)")
+    preprocessing.add_argument(
+        "--custom-objects",
+        type=Path,
+        metavar="FILE.py",
+        help="your module that registers the model's custom layers (@keras.saving.register_keras_serializable); "
+        "it is imported, so it runs as your code",
+    )
+    preprocessing.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        help="turn Keras' safe mode off, so that code inside the model file (a Python Lambda) runs: only for a "
+        "file you trust",
+    )
     parser.add_argument(
         "--qat",
         action="store_true",
@@ -133,13 +155,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="publish nothing unless every artifact passes (the shipped release: make export)",
     )
     parser.add_argument(
+        "--force",
+        action="store_true",
+        help="publish into an --out folder that holds files edgepack did not write (those in the way are moved to "
+        "superseded/, never deleted)",
+    )
+    parser.add_argument(
         "--allow-worse",
         action="store_true",
         help="replace a published release even by a model far less accurate than it",
     )
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS, help="where models/<dataset>/ live")
     parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR, then the Keras cache)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(joined_negative_values(sys.argv[1:] if argv is None else argv))
     args.formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     unknown = [f for f in args.formats if f not in ARTIFACTS or "qat" in f]
     if unknown or not args.formats:
@@ -161,19 +189,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 f"--dataset {args.dataset!r}: the release flow knows {', '.join(REGISTRY)} (use --model "
                 "to export your own model on an image folder)"
             )
-        if any(getattr(args, f) is not None for f in ("pixel_range", "mean", "std", "labels", "out")):
-            parser.error("--pixel-range, --mean, --std, --labels and --out describe --model; give it too")
+        if any(getattr(args, f) is not None for f in ("pixel_range", "mean", "std", "labels", "out", "custom_objects")):
+            parser.error("--pixel-range, --mean, --std, --labels, --out and --custom-objects describe --model; give it")
     elif args.dataset == "all":
         parser.error("--model needs --dataset: a registered dataset or an image-folder path to measure it on")
     return args
+
+
+NUMERIC_OPTIONS = ("--pixel-range", "--mean", "--std")
+_NEGATIVE_NUMBER = re.compile(r"^-(\d|\.\d)")
+
+
+def joined_negative_values(argv: list[str]) -> list[str]:
+    """``--pixel-range -1,1`` as ``--pixel-range=-1,1``: argparse takes a value starting with ``-``
+    for an option, so the documented MobileNet convention could only be typed with ``=``."""
+    joined: list[str] = []
+    for item in argv:
+        if joined and joined[-1] in NUMERIC_OPTIONS and _NEGATIVE_NUMBER.match(item):
+            joined[-1] = f"{joined[-1]}={item}"
+        else:
+            joined.append(item)
+    return joined
+
+
+def parse_labels(text: str) -> tuple[str, ...]:
+    """``--labels a,b,c``: every name given once and not blank (a repeated name makes the runtime's
+    class index ambiguous)."""
+    labels = tuple(label.strip() for label in text.split(","))
+    if not all(labels):
+        raise ExportError(f"--labels {text}: a class name is empty")
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ExportError(f"--labels {text}: {repeated[0]!r} is given more than once")
+    return labels
 
 
 def sources(args: argparse.Namespace) -> list[Source] | list:
     """What to export, loaded lazily one at a time (a release of two datasets, or one model)."""
     if args.model is not None:
         preprocessing = Preprocessing.parse(args.pixel_range, args.mean, args.std)
-        labels = tuple(label.strip() for label in args.labels.split(",")) if args.labels else None
-        return [lambda: user_source(args.model, args.dataset, args.data_dir, args.out, preprocessing, labels)]
+        labels = parse_labels(args.labels) if args.labels else None
+        if args.custom_objects:
+            import_user_module(args.custom_objects)
+        model, dataset, trust = args.model, args.dataset, args.trust_model_code
+        return [lambda: user_source(model, dataset, args.data_dir, args.out, preprocessing, labels, trust)]
     names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
     return [lambda name=name: release_source(name, args.models_dir, args.data_dir) for name in names]
 
@@ -215,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         thresholds=args.thresholds,
         all_or_nothing=args.all_or_nothing,
         allow_worse=args.allow_worse,
+        force=args.force,
         tta=args.tta,
         control=ControlSettings(
             enabled=not args.no_accuracy_control,
@@ -229,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
             source = load()
             all_passed &= report(export(source, config), source.data.name)
     except (ExportError, DataError, RuntimeFailure, PublishError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # the disk filled up or a folder turned read-only mid-run
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: nothing was published by the unfinished run", file=sys.stderr)

@@ -14,6 +14,9 @@ The loop NNCF's ``quantize_with_accuracy_control`` runs, for both formats and un
    put back. Stops when the gate would pass, or at ``max_float_ops`` ops or ``max_size_share``
    of the fp32 file.
 
+A remedy that cannot apply to a model (a converter or equalization failing on its graph) is
+skipped, its reason logged and recorded in the report; it never ends the export.
+
 Every candidate is measured against the float model on a validation sample of *training* images
 that the calibration sample does not contain, with the same gate rule; the test split is left
 alone until the chosen artifact faces the normal gate on it. A run whose int8 artifacts pass
@@ -32,6 +35,7 @@ import numpy as np
 from export.diagnose import LayerError, onnx_layer_errors, short_name, tflite_layer_errors, worst_first
 from export.parity import Figures, ParityResult, Threshold, measure
 from export.quantize import Int8Recipe
+from runtime.text import one_line
 
 if TYPE_CHECKING:
     from export.pipeline import Builder
@@ -143,8 +147,17 @@ def control_accuracy(
             ", ".join(f"{short_name(e.name)} ({e.sqnr_db:.1f} dB)" for e in worst[:3]),
         )
 
-    def trial(remedy: str, recipe: Int8Recipe) -> Trial:
-        builder.build(name, recipe)
+    skipped: list[dict] = []
+
+    def trial(remedy: str, recipe: Int8Recipe) -> Trial | None:
+        try:
+            builder.build(name, recipe)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a remedy that cannot apply to this graph: skipped, with its reason
+            log.warning("  %s: skipped (%s)", remedy, one_line(exc, 200))
+            skipped.append({"remedy": remedy, "reason": one_line(exc, 300)})
+            return None
         figures = measure(run(path, validation.images), validation.reference, validation.targets)
         passes = not figures.failures(threshold)
         log.info(
@@ -164,16 +177,18 @@ def control_accuracy(
     if spec.precision == "int8" and "calibration" in settings.remedies:  # dynamic-range ones are not calibrated
         available = len(builder.source.data.x_train)
         for label, recipe in _calibration_choices(spec.format, plain, builder.config.calibration_samples, available):
-            tried.append(trial(label, recipe))
-            if tried[-1].passes:
-                chosen = tried[-1]
+            outcome = trial(label, recipe)
+            tried += [outcome] if outcome else []
+            if outcome and outcome.passes:
+                chosen = outcome
                 break
     if chosen is None and "equalization" in settings.remedies:
         base = _best(tried)
         equalized = trial("cross-layer equalization", replace(plain, equalize=True))
-        tried.append(equalized)
-        if not equalized.passes and base.recipe != plain:
-            tried.append(trial(f"cross-layer equalization + {base.remedy}", replace(base.recipe, equalize=True)))
+        tried += [equalized] if equalized else []
+        if equalized and not equalized.passes and base.recipe != plain:
+            combined = trial(f"cross-layer equalization + {base.remedy}", replace(base.recipe, equalize=True))
+            tried += [combined] if combined else []
         chosen = next((t for t in tried if t.passes), None)
     if chosen is None and "fallback" in settings.remedies and spec.precision == "int8":
         chosen = _fallback(trial, _best(tried), worst, settings.max_float_ops, size_limit, tried)
@@ -184,6 +199,7 @@ def control_accuracy(
         "float_ops": list(final.recipe.float_ops),
         "recipe": final.recipe.describe(),
         "tried": [t.record() for t in tried],
+        "skipped": skipped,
         "before": {
             "accuracy": failed.accuracy,
             "delta_pp": failed.delta_pp,
@@ -239,6 +255,8 @@ def _fallback(
             f"{prefix}float fallback ({len(ops)} ops, last {short_name(error.name)})",
             replace(current.recipe, float_ops=ops),
         )
+        if candidate is None:
+            break
         tried.append(candidate)
         if candidate.bytes > size_limit:
             log.info("  float fallback stops: the file would exceed %.0f KiB", size_limit / 1024)

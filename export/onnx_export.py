@@ -49,12 +49,31 @@ def _name_io(proto: onnx.ModelProto) -> None:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
 
 
+def captured_constants(function: tf.types.experimental.GenericFunction) -> dict[str, np.ndarray]:
+    """The tensors (not variables) a traced model captures, by their name inside the graph.
+
+    Keras layers that keep computed tensors rather than variables, such as ``Normalization``'s mean
+    and variance (inside EfficientNet's and MobileNetV3's ``include_preprocessing``), are captured
+    by ``tf.function`` as extra placeholders, which tf2onnx turns into extra graph inputs."""
+    graph = function.get_concrete_function().graph
+    return {internal.name: external.numpy() for external, internal in graph.captures if external.dtype != tf.resource}
+
+
+def _fold_captured_inputs(proto: onnx.ModelProto, constants: dict[str, np.ndarray]) -> None:
+    """Turn graph inputs that are captured constants into initializers: one input, the image."""
+    for value in list(proto.graph.input):
+        if value.name in constants:
+            proto.graph.initializer.append(numpy_helper.from_array(constants[value.name], value.name))
+            proto.graph.input.remove(value)
+
+
 def keras_to_onnx(model: keras.Model, info: ModelInfo) -> onnx.ModelProto:
     """Convert to an NCHW-input ONNX model with metadata, validated by the full checker."""
     function = inference_function(model)
     proto, _ = tf2onnx.convert.from_function(
         function, input_signature=function.input_signature, opset=OPSET, inputs_as_nchw=[INPUT_NAME]
     )
+    _fold_captured_inputs(proto, captured_constants(function))
     _name_io(proto)
     proto.producer_name = "edgepack"
     set_metadata(proto, info)

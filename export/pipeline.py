@@ -8,7 +8,9 @@ The steps, each in its own module: where the model comes from and how it is fed
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -23,8 +25,8 @@ from export.latency import batch1_latency_ms
 from export.litert import LiteRTModel
 from export.onnx_export import count_ops, keras_to_onnx, store_weights_as_int8
 from export.parity import CONFIDENT_MARGIN, DEFAULT_THRESHOLDS, DRIFT_PERCENTILE, ParityResult, Threshold, compare
-from export.publish import manifest_entry, publish, staging_folder, still_valid_entries
-from export.quantize import Int8Factory, Int8Recipe
+from export.publish import manifest_entry, output_folder, publish, still_valid_entries
+from export.quantize import REDUCE_RANGE, Int8Factory, Int8Recipe
 from export.report import parity_json, parity_markdown, plot_confusion, plot_layer_errors
 from export.source import ExportError, Source
 from export.tta import with_flip_tta
@@ -58,6 +60,7 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
 DEFAULT_FORMATS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization != "qat")
 QAT_FORMATS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization == "qat")
 DEFAULT_CALIBRATION_SAMPLES = 1000
+LOW_DISK_BYTES = 16 * 1024**2  # below this, a converter's failure is reported as the full disk it likely is
 WORSE_RELEASE_MARGIN_PP = 1.0  # a new model this much less accurate than the release it replaces is refused
 
 
@@ -72,6 +75,7 @@ class ExportConfig:
     seed: int = 0
     all_or_nothing: bool = False
     allow_worse: bool = False
+    force: bool = False  # publish into a folder holding the user's own files (moved aside, never deleted)
     tta: str = "none"  # "flip": export.tta
     control: ControlSettings = field(default_factory=ControlSettings)
 
@@ -133,6 +137,7 @@ class Builder:
             }
             if spec.format == "onnx":
                 extra["first_conv"] = "float"  # see export.quantize.OnnxQuantizer.first_conv
+                extra["weights"] = "int8 per channel, 7-bit range" if REDUCE_RANGE else "int8 per channel"
         if remedy:
             extra["remedy"] = remedy
         return replace(
@@ -249,7 +254,8 @@ def export(source: Source, config: ExportConfig) -> Release:
             raise ExportError("--tta and --qat do not combine: export the QAT artifacts without test-time augmentation")
         source.model = with_flip_tta(source.model)
         source.info = replace(source.info, extra={**source.info.extra, "tta": "flip: 2 passes averaged"})
-    with staging_folder(source.folder) as staging:
+    with output_folder(source.folder, config.force) as workspace:
+        staging = workspace.staging
         test_pixels = source.pixels(source.data.x_test)
         reference = float_reference(source, test_pixels)
         float_accuracy = float(np.mean(reference.argmax(1) == source.data.y_test))
@@ -260,11 +266,13 @@ def export(source: Source, config: ExportConfig) -> Release:
         source.info = replace(source.info, float_accuracy=round(float_accuracy, 6))
         builder = Builder(source, calibration, config, staging)
         results, predictions, latency = [], {}, {}
-        for name in tqdm(names, desc=f"exporting {source.data.name}", unit=" artifact"):
-            result, probabilities = _gate_one(name, builder, test_pixels, reference, config)
-            predictions[name] = probabilities.argmax(1)
-            latency[result.path] = _latency(ARTIFACTS[name], builder, staging / result.path, test_pixels)
-            results.append(result)
+        with tqdm(names, desc=f"exporting {source.data.name}", unit=" artifact") as progress:  # closed on errors too
+            for name in progress:
+                result, probabilities = _gate_one(name, builder, test_pixels, reference, config)
+                if probabilities is not None:  # built (an artifact that failed to build has no figures)
+                    predictions[name] = probabilities.argmax(1)
+                    latency[result.path] = _latency(ARTIFACTS[name], builder, staging / result.path, test_pixels)
+                results.append(result)
         context = _context(source, config, float_accuracy, sha256, calibration)
         passed = [r for r in results if r.passed]
         # earlier passes of this same model file stay listed unless this run published a new one
@@ -278,23 +286,29 @@ def export(source: Source, config: ExportConfig) -> Release:
             entries = [manifest_entry(r, staging) for r in passed] + carried
             entries.sort(key=lambda e: _release_rank(e["path"]))
             manifest = {key: context[key] for key in context} | {"artifacts": entries}
-        published, rejected = publish(staging, source.folder, results, config.all_or_nothing, manifest)
+        published, rejected = publish(workspace, results, config.all_or_nothing, manifest)
     return Release(source.folder, results, published, rejected, latency, carried if manifest else [])
 
 
 def _gate_one(
     name: str, builder: Builder, test_pixels: np.ndarray, reference: np.ndarray, config: ExportConfig
-) -> tuple[ParityResult, np.ndarray]:
-    """Build one artifact and measure it on the full test split; repair a failing int8 one."""
+) -> tuple[ParityResult, np.ndarray | None]:
+    """Build one artifact and measure it on the full test split; repair a failing int8 one.
+
+    An artifact whose conversion fails is a failed artifact, not a failed run: the others are
+    still built, gated and published (its probabilities are None)."""
     spec = ARTIFACTS[name]
     source = builder.source
     started = time.perf_counter()
     try:
         path = builder.build(name)
-    except (ExportError, KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # converters fail with their own exception types
-        raise ExportError(f"{spec.filename}: conversion failed ({conversion_reason(exc)})") from None
+        reason = f"conversion failed: {conversion_reason(exc, builder.staging)}"
+        log.warning("%s: %s", spec.filename, reason)
+        (builder.staging / spec.filename).unlink(missing_ok=True)
+        return unbuilt(name, spec, reason, config.thresholds[spec.precision]), None
     run = evaluator(spec, builder.info_for(spec))
     qat_source = builder.qat_reference(test_pixels) if spec.quantization == "qat" else None
     threshold = config.thresholds[spec.precision]
@@ -343,13 +357,48 @@ def _gate_one(
     return result, probabilities
 
 
-def conversion_reason(exc: BaseException) -> str:
-    """One line from a converter's error, naming the op or layer it could not handle."""
+def unbuilt(name: str, spec: ArtifactSpec, reason: str, threshold: Threshold) -> ParityResult:
+    """The result of an artifact that could not be built: no figures, one failure naming why."""
+    nan = float("nan")
+    figures = dict(accuracy=nan, delta_pp=nan, drop_bound_pp=nan, agreement=nan, confident_agreement=nan)
+    figures |= dict(confident_images=0, drift_p99=nan, max_abs_diff=nan, discordant=0, images=0)
+    describe = dict(name=name, path=spec.filename, format=spec.format, precision=spec.precision)
+    return ParityResult(
+        **figures,
+        **describe,
+        quantization=spec.quantization,
+        bytes=0,
+        per_class_delta_pp=[],
+        threshold=threshold,
+        failures=[reason],
+    )
+
+
+def conversion_reason(exc: BaseException, workdir: Path) -> str:
+    """One line from a converter's error, naming the op or layer it could not handle, or the full
+    disk behind it (converters that hit one report odd things: ONNX Runtime's calibration says
+    "Failed to find proper ai.onnx domain" when its temporary model was cut short)."""
+    if disk_full(exc, workdir):
+        return f"no space left on the device holding {workdir}"
     text = str(exc).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     named = [line for line in lines if any(word in line for word in ("Unsupported", "unsupported", "op", "layer"))]
     reason = (named or lines or [type(exc).__name__])[-1]
     return reason[:300]
+
+
+def disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` (or an error it arose from) is ENOSPC, or ``folder``'s file system has
+    less than ``LOW_DISK_BYTES`` left (the likelier cause of an odd converter error then)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < LOW_DISK_BYTES
+    except OSError:
+        return False
 
 
 def _latency(spec: ArtifactSpec, builder: Builder, path: Path, test_pixels: np.ndarray) -> float:

@@ -1,69 +1,158 @@
-"""Putting gated artifacts in place: a staging folder, then files moved one by one, the manifest last.
+"""Putting gated artifacts in place so that a crash at any point leaves one whole release.
 
-Candidates are built in ``.staging-<pid>`` beside the published folder, on the same file system,
-so each move is an atomic rename: a reader sees the old file or the new one, never half of one.
-Each artifact that passes its gate is published; one that fails goes to ``rejected/`` with the
-run's reports. With ``all_or_nothing`` (the shipped release) one failure publishes nothing.
+:func:`output_folder` prepares a run: it takes an exclusive lock on the folder (``.edgepack.lock``;
+a second export into the same folder, from any process or container sharing the file system,
+exits with one line), completes a publish that an earlier run left unfinished (below), removes
+the staging folders of killed runs, refuses a folder holding files edgepack did not write (unless
+forced), and makes a uniquely named ``.staging-XXXX`` folder for the candidates, on the same file
+system so that every move is an atomic rename.
+
+:func:`publish` then puts each artifact that passed its gate in place and each failed one in
+``rejected/`` with the run's reports (with ``all_or_nothing``, one failure publishes nothing). The
+new ``manifest.json`` is written into the staging folder first (a full disk fails there, the
+release untouched); then a journal listing every rename is written; then the renames run, files
+of the old release moved aside first and the manifest last; then the journal is deleted. A run
+killed during the renames leaves the journal and the staging folder, and the next run into the
+folder (or :func:`output_folder` of the same run, for an exception) completes the renames: the
+folder then holds the new release whole.
 
 ``manifest.json`` lists only artifacts gated against the current model file: this run's passes,
 plus earlier passes of the same model (same sha256) that this run did not rebuild. Artifacts of
-an earlier model that this run did not gate again are moved to ``superseded/``, so that no file
-in the folder contradicts the manifest.
+an earlier model that this run did not gate again are moved to ``superseded/``. Nothing edgepack
+did not write is ever deleted or overwritten: a file of the user's in the way is moved to
+``superseded/`` under a free name, and ``rejected/`` loses only edgepack's own files.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from export.parity import ParityResult, Threshold
-from runtime.artifacts import MANIFEST, json_safe, read_manifest, sha256_of
+from runtime.artifacts import MANIFEST, REJECTED, json_safe, read_manifest, sha256_of
 from runtime.errors import ModelError
+from runtime.files import atomic_write, sync_folder
 
 log = logging.getLogger(__name__)
 
-REJECTED, SUPERSEDED = "rejected", "superseded"
+SUPERSEDED = "superseded"
+LOCK, JOURNAL, STAGING_PREFIX = ".edgepack.lock", ".publish-journal.json", ".staging-"
+REPORTS = ("parity.json", "parity.md", "confusion_int8.png", "quantization_error.png")
+REJECTED_REPORTS = ("parity.json", "parity.md", "quantization_error.png")
+# edgepack's artifact files (model_<kind>.onnx|.tflite and TFLite's .json sidecar): the only files
+# publishing replaces in rejected/ without asking.
+_ARTIFACT_NAME = re.compile(r"^model_[a-z0-9_]+\.(onnx|tflite|tflite\.json)$")
 
 
 class PublishError(Exception):
-    """The output folder cannot be written."""
+    """The output folder cannot be used: unwritable, locked by another export, or the user's own."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A locked output folder and this run's staging folder inside it."""
+
+    folder: Path
+    staging: Path
+    owned: bool  # the folder was edgepack's before this run (its reports may be replaced)
 
 
 @contextmanager
-def staging_folder(folder: Path) -> Iterator[Path]:
-    """A fresh ``.staging-<pid>`` inside ``folder``, removed afterwards whatever happens.
+def output_folder(folder: Path, force: bool = False) -> Iterator[Workspace]:
+    """Lock ``folder``, finish or clean up after earlier runs, and stage this one's candidates.
 
-    Made first thing, so an unwritable folder is reported before minutes of work, and SIGTERM is
-    turned into an ordinary exit so that the folder is still cleaned up."""
-    staging = folder / f".staging-{os.getpid()}"
+    Everything here happens first thing, so an unusable folder is reported before minutes of work;
+    SIGTERM is turned into an ordinary exit so that the staging folder is still removed."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        probe = staging / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        owned = written_by_edgepack(folder)
+        _refuse_foreign(folder, owned, force)  # before the lock file is made: nothing is left in a refused folder
+        with (folder / LOCK).open("a") as lock:
+            _lock(lock, folder)
+            complete_interrupted_publish(folder)
+            _remove_stale_staging(folder)
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+            with _sigterm_cleans(staging):
+                try:
+                    yield Workspace(folder, staging, owned)
+                finally:
+                    if (folder / JOURNAL).exists():  # the renames broke off: finish them now if possible
+                        complete_interrupted_publish(folder)
+                    if not (folder / JOURNAL).exists():
+                        shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
         raise PublishError(f"{folder}: cannot write the export there ({exc.strerror or exc})") from None
-    previous = signal.getsignal(signal.SIGTERM)
-    in_main_thread = _in_main_thread()
-    if in_main_thread:
-        signal.signal(signal.SIGTERM, lambda signum, frame: _terminate(staging, signum))
+
+
+def _lock(lock, folder: Path) -> None:
     try:
-        yield staging
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise PublishError(
+            f"{folder}: another export is writing there ({LOCK} is locked); wait for it to finish or use another --out"
+        ) from None
+
+
+def written_by_edgepack(folder: Path) -> bool:
+    """Whether ``folder`` is empty or edgepack's: an export's lock or manifest, or a training run's metrics."""
+    names = [entry.name for entry in folder.iterdir()]
+    if not names or any(name in (LOCK, JOURNAL) or name.startswith(STAGING_PREFIX) for name in names):
+        return True
+    try:
+        read_manifest(folder / MANIFEST)
+        return True
+    except ModelError:
+        pass
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        return isinstance(metrics, dict) and {"arch", "test_accuracy"} <= set(metrics)
+    except (OSError, ValueError):
+        return False
+
+
+def _refuse_foreign(folder: Path, owned: bool, force: bool) -> None:
+    if owned or force:
+        return
+    names = sorted(entry.name for entry in folder.iterdir() if entry.name != LOCK)
+    raise PublishError(
+        f"{folder}: holds files edgepack did not write ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); "
+        "choose an empty or new --out, or --force to publish there (your files are moved to superseded/, "
+        "never deleted)"
+    )
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Staging folders of runs that were killed (the lock proves no run is using them)."""
+    for stale in folder.glob(f"{STAGING_PREFIX}*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+            log.warning("removed %s, left by an export that did not finish", stale.name)
+
+
+@contextmanager
+def _sigterm_cleans(staging: Path) -> Iterator[None]:
+    if not _in_main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: _terminate(staging, signum))
+    try:
+        yield
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
-        shutil.rmtree(staging, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _terminate(staging: Path, signum: int) -> None:
@@ -94,9 +183,9 @@ def sigterm_deferred() -> Iterator[None]:
 
 
 def publish(
-    staging: Path, folder: Path, results: list[ParityResult], all_or_nothing: bool, manifest: dict | None
+    workspace: Workspace, results: list[ParityResult], all_or_nothing: bool, manifest: dict | None
 ) -> tuple[list[ParityResult], list[ParityResult]]:
-    """Move passed artifacts (and the reports) into ``folder``, failed ones into ``rejected/``.
+    """Move passed artifacts (and the reports) into the folder, failed ones into ``rejected/``.
 
     ``manifest`` is the new manifest to write (None when nothing is published). Returns the
     published and the rejected results."""
@@ -104,22 +193,105 @@ def publish(
     published = [] if (all_or_nothing and failed) else [r for r in results if r.passed]
     rejected = results if (all_or_nothing and failed) else failed
     if rejected:
-        _reject(staging, folder, rejected)
+        _reject(workspace, rejected)
     if manifest is None:
         return published, rejected
+    staging, folder = workspace.staging, workspace.folder
+    try:
+        atomic_write(staging / MANIFEST, json.dumps(json_safe(manifest), indent=2, allow_nan=False) + "\n")
+    except OSError as exc:
+        raise PublishError(
+            f"{folder}: cannot write the new manifest ({exc.strerror or exc}); the published release is unchanged"
+        ) from None
+    new_files = [name for result in published for name in artifact_files(result.path)]
+    new_files += [name for name in REPORTS if (staging / name).is_file()]
+    moves = _aside_moves(workspace, manifest, new_files)
+    moves += [{"from": _relative(staging / name, folder), "to": name} for name in [*new_files, MANIFEST]]
     with sigterm_deferred():
-        _supersede(folder, manifest)
-        for result in published:
-            for name in artifact_files(result.path):
-                (staging / name).replace(folder / name)
-        for name in ("parity.json", "parity.md", "confusion_int8.png", "quantization_error.png"):
-            if (staging / name).is_file():
-                (staging / name).replace(folder / name)
-        partial = folder / f".{MANIFEST}.{os.getpid()}.partial"
-        partial.write_text(json.dumps(json_safe(manifest), indent=2, allow_nan=False) + "\n")
-        partial.replace(folder / MANIFEST)
+        atomic_write(folder / JOURNAL, json.dumps({"moves": moves}, indent=1))
+        _run_moves(folder, moves)
+        (folder / JOURNAL).unlink()
+        sync_folder(folder)
     log.info("published %d artifact(s) to %s", len(published), folder)
     return published, rejected
+
+
+def _relative(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).as_posix()
+
+
+def _aside_moves(workspace: Workspace, manifest: dict, new_files: list[str]) -> list[dict]:
+    """Renames into ``superseded/``: files of the old manifest that the new one drops, and files in
+    the way of the new ones that edgepack did not write. Each gets a free name there, chosen now,
+    so that a rename done is told from one to do by its target existing."""
+    folder = workspace.folder
+    listed = {name for entry in manifest["artifacts"] for name in artifact_files(entry["path"])}
+    ours = set(_old_manifest_files(folder)) | (set(REPORTS) if workspace.owned else set())
+    stale = [name for name in _old_manifest_files(folder) if name not in listed and (folder / name).is_file()]
+    foreign = [name for name in new_files if name not in ours and (folder / name).exists()]
+    if stale:
+        log.warning("moving %s of an earlier model to %s/", ", ".join(stale), SUPERSEDED)
+    if foreign:
+        log.warning("moving your own %s out of the way to %s/", ", ".join(foreign), SUPERSEDED)
+    taken: set[str] = set()
+    moves = []
+    for name in [*stale, *foreign]:
+        target = _free_name(folder / SUPERSEDED, name, taken)
+        taken.add(target)
+        moves.append({"from": name, "to": f"{SUPERSEDED}/{target}", "aside": True})
+    return moves
+
+
+def _old_manifest_files(folder: Path) -> list[str]:
+    if not (folder / MANIFEST).is_file():
+        return []
+    try:
+        old = read_manifest(folder / MANIFEST)
+    except ModelError as exc:
+        log.warning("%s", exc)
+        return []
+    return [name for entry in old["artifacts"] for name in artifact_files(entry["path"])]
+
+
+def _free_name(folder: Path, name: str, taken: set[str]) -> str:
+    candidate, number = name, 1
+    while candidate in taken or (folder / candidate).exists():
+        candidate, number = f"{name}.{number}", number + 1
+    return candidate
+
+
+def _run_moves(folder: Path, moves: list[dict]) -> None:
+    """Perform the journal's renames that are not done yet; safe to repeat after a crash."""
+    for move in moves:
+        source, target = folder / move["from"], folder / move["to"]
+        done = target.exists() if move.get("aside") else not source.exists()
+        if done or not source.exists():
+            continue
+        target.parent.mkdir(exist_ok=True)
+        os.replace(source, target)
+
+
+def complete_interrupted_publish(folder: Path) -> None:
+    """Finish the renames of a publish that broke off (journal left behind), so the folder holds
+    that run's release whole; an unreadable journal is set aside with a warning."""
+    journal = folder / JOURNAL
+    if not journal.exists():
+        return
+    try:
+        moves = json.loads(journal.read_text())["moves"]
+        for move in moves:
+            for key in ("from", "to"):
+                if Path(move[key]).is_absolute() or ".." in Path(move[key]).parts:
+                    raise ValueError(f"{move[key]!r} leaves the folder")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable publish journal (%s); moved to %s.broken", journal, exc, JOURNAL)
+        journal.replace(folder / f"{JOURNAL}.broken")
+        return
+    with sigterm_deferred():
+        _run_moves(folder, moves)
+        journal.unlink()
+        sync_folder(folder)
+    log.warning("%s: completed the publish an earlier export left unfinished", folder)
 
 
 def artifact_files(path: str) -> list[str]:
@@ -127,42 +299,21 @@ def artifact_files(path: str) -> list[str]:
     return [path, path + ".json"] if path.endswith(".tflite") else [path]
 
 
-def _reject(staging: Path, folder: Path, rejected: list[ParityResult]) -> None:
-    target = folder / REJECTED
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir()
+def _reject(workspace: Workspace, rejected: list[ParityResult]) -> None:
+    """The failed candidates and the run's reports in ``rejected/``, replacing edgepack's own files
+    of an earlier run there and nothing else."""
+    staging, target = workspace.staging, workspace.folder / REJECTED
+    target.mkdir(exist_ok=True)
+    for old in target.iterdir():
+        if old.is_file() and (_ARTIFACT_NAME.match(old.name) or old.name in REJECTED_REPORTS):
+            old.unlink()
     for result in rejected:
         for name in artifact_files(result.path):
             if (staging / name).is_file():
                 shutil.copy2(staging / name, target / name)
-    for name in ("parity.json", "parity.md", "quantization_error.png"):
+    for name in REJECTED_REPORTS:
         if (staging / name).is_file():
             shutil.copy2(staging / name, target / name)
-
-
-def _supersede(folder: Path, manifest: dict) -> None:
-    """Move aside the files of an earlier manifest that the new one no longer lists."""
-    listed = {name for entry in manifest["artifacts"] for name in artifact_files(entry["path"])}
-    previous = folder / MANIFEST
-    if not previous.is_file():
-        return
-    try:
-        old = read_manifest(previous)
-    except ModelError as exc:
-        log.warning("%s", exc)
-        return
-    stale = [
-        name
-        for entry in old["artifacts"]
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str)
-        for name in artifact_files(Path(entry["path"]).name)
-        if name not in listed and (folder / name).is_file()
-    ]
-    if stale:
-        (folder / SUPERSEDED).mkdir(exist_ok=True)
-        for name in stale:
-            (folder / name).replace(folder / SUPERSEDED / name)
-        log.warning("moved %s of an earlier model to %s/", ", ".join(stale), SUPERSEDED)
 
 
 def manifest_entry(result: ParityResult, staging: Path) -> dict:

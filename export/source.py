@@ -15,10 +15,13 @@ the gate as for users.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
 import re
+import sys
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,11 +30,21 @@ import numpy as np
 
 from runtime.metadata import ModelInfo
 from runtime.preprocess import normalize, to_pixels
+from runtime.text import one_line
 from train.datasets import Dataset, load_dataset
 
 log = logging.getLogger(__name__)
 
 PROBABILITY_TOLERANCE = 1e-3
+
+# What an untrusted .keras archive may declare before Keras opens it (a zip's central directory
+# states every member's sizes): a 3 MB file inflating to 3 GiB of weights, a 1.5 GiB config.json
+# or gigabytes of "assets" are refused in one line instead of filling memory or $TMPDIR.
+MAX_ARCHIVE_MEMBERS = 10_000
+MAX_ARCHIVE_BYTES = 1024**3  # all members, uncompressed: a 250M-parameter float32 model
+MAX_CONFIG_BYTES = 16 * 1024**2  # config.json and metadata.json: kilobytes for real models
+MAX_COMPRESSION_RATIO = 100  # float weights compress about 1.1x; a bomb, thousands of times
+RATIO_CHECK_FROM_BYTES = 1024**2  # small members (configs, empty weights) compress well, harmlessly
 
 
 class ExportError(Exception):
@@ -100,25 +113,78 @@ class Source:
         return normalize(pixels, replace(self.info, layout="NHWC"))
 
 
-def load_keras_model(path: Path) -> keras.Model:
+def import_user_module(path: Path) -> None:
+    """Run the user's own module (``--custom-objects``), so that the layers it registers with
+    ``@keras.saving.register_keras_serializable`` are known when the model is loaded. This runs the
+    user's code, as importing it would: the flag exists for the user's own files."""
+    if not path.is_file():
+        raise ExportError(f"{path}: no such file (--custom-objects)")
+    spec = importlib.util.spec_from_file_location(f"edgepack_user_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ExportError(f"{path}: not a Python module (--custom-objects)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code can fail in any way
+        raise ExportError(f"{path}: importing it failed ({one_line(exc, 300)})") from None
+
+
+def load_keras_model(path: Path, trust_code: bool = False) -> keras.Model:
+    """The model, with Keras' safe mode on (code inside the file is refused) unless ``trust_code``."""
     if path.is_dir():
         raise ExportError(f"{path}: is a directory, not a .keras model file")
     if not path.is_file():
         raise ExportError(f"{path}: no such model file")
+    if path.suffix.lower() == ".keras":
+        check_keras_archive(path)
     try:
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False, safe_mode=not trust_code)
     except Exception as exc:  # Keras raises many types for a damaged or foreign archive
         raise ExportError(f"{path}: cannot load the Keras model ({load_failure(exc)})") from None
 
 
+def check_keras_archive(path: Path) -> None:
+    """Refuse a .keras file that is not a zip, or whose declared sizes exceed the limits above,
+    before Keras inflates anything."""
+    if not zipfile.is_zipfile(path):
+        raise ExportError(f"{path}: not a .keras model (a .keras file is a zip archive; this one is not)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ExportError(f"{path}: damaged .keras archive ({exc})") from None
+    if len(members) > MAX_ARCHIVE_MEMBERS:
+        raise ExportError(f"{path}: {len(members)} archive members, over the limit of {MAX_ARCHIVE_MEMBERS}")
+    total = sum(member.file_size for member in members)
+    if total > MAX_ARCHIVE_BYTES:
+        raise ExportError(f"{path}: inflates to {total} bytes, over the limit of {MAX_ARCHIVE_BYTES} bytes")
+    for member in members:
+        if member.filename.endswith(".json") and member.file_size > MAX_CONFIG_BYTES:
+            raise ExportError(
+                f"{path}: {member.filename} inflates to {member.file_size} bytes, over the limit of {MAX_CONFIG_BYTES}"
+            )
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size > RATIO_CHECK_FROM_BYTES and ratio > MAX_COMPRESSION_RATIO:
+            raise ExportError(
+                f"{path}: {member.filename} inflates {ratio:.0f}-fold (limit {MAX_COMPRESSION_RATIO}): "
+                "a decompression bomb, not model weights"
+            )
+
+
 def load_failure(exc: BaseException) -> str:
-    """The useful part of a Keras loading error: the class it could not find, when that is the cause
-    (Keras buries it under the outer model's own deserialization message)."""
-    text = str(exc).strip()
-    unknown = re.search(r"Could not locate (?:class|function) '[^']+'", text)
+    """The useful part of a Keras loading error on one line: the class it could not find, when that
+    is the cause (Keras buries it under the outer model's own deserialization message), else the
+    whole message (its reason often comes after the first line)."""
+    unknown = re.search(r"Could not locate (?:class|function) '[^']+'", str(exc))
     if unknown:
-        return f"{unknown.group(0)}: a custom layer or function the model needs; import or register it first"
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+        return (
+            f"{unknown.group(0)}: a custom layer or function the model needs; give the module that registers it "
+            "with --custom-objects FILE.py"
+        )
+    if "safe_mode" in str(exc):
+        return one_line(exc) + " (edgepack: --trust-model-code lets Keras run the code in a file you trust)"
+    return one_line(exc)
 
 
 def release_source(dataset: str, models_dir: Path, data_dir: str | None) -> Source:
@@ -140,9 +206,10 @@ def user_source(
     out: Path | None,
     preprocessing: Preprocessing,
     labels: tuple[str, ...] | None,
+    trust_code: bool = False,
 ) -> Source:
     """A user's own Keras classifier, measured on ``dataset``'s test split."""
-    model = load_keras_model(model_path)
+    model = load_keras_model(model_path, trust_code)
     data = load_dataset(dataset, data_dir)
     if labels is not None and len(labels) != data.num_classes:
         raise ExportError(f"--labels names {len(labels)} classes, but {data.name} has {data.num_classes}")
@@ -161,9 +228,11 @@ def _describe(model: keras.Model, data: Dataset, labels, preprocessing: Preproce
     if len(shape) != 4 or shape[-1] not in (1, 3):
         raise ExportError(f"{path}: input shape {shape} is not NHWC with 1 or 3 channels")
     outputs = model.output_shape
-    if len(outputs) != 2 or outputs[-1] != len(labels):
+    binary = len(outputs) == 2 and outputs[-1] == 1 and len(labels) == 2  # Dense(1, "sigmoid"): P(second class)
+    if len(outputs) != 2 or (outputs[-1] != len(labels) and not binary):
         raise ExportError(
             f"{path}: output shape {outputs} does not give one score per class of {data.name} ({len(labels)} classes)"
+            + ("; a single score is read as a binary classifier's, which needs 2 classes" if outputs[-1] == 1 else "")
         )
     if len(preprocessing.mean) not in (1, shape[-1]) or len(preprocessing.std) not in (1, shape[-1]):
         raise ExportError(f"--mean/--std: give 1 or {shape[-1]} values for this {shape[-1]}-channel model")
@@ -180,24 +249,31 @@ def _describe(model: keras.Model, data: Dataset, labels, preprocessing: Preproce
 
 
 def _with_probabilities(model: keras.Model, info: ModelInfo, data: Dataset) -> keras.Model:
-    """The model with a fixed input size and a softmax if it outputs logits.
+    """The model with a fixed input size and one probability per class.
 
     Artifacts always output probabilities: the runtime reports them and the gate compares them.
-    Whether the model already does is measured on a few training images, not guessed from names.
+    Whether the model already does is measured on a few training images, not guessed from names:
+    logits get a softmax; a binary classifier's single score (``Dense(1, "sigmoid")``, or its
+    logit) becomes the two probabilities ``[1 - p, p]``, in every artifact.
     """
     inputs = keras.Input((info.height, info.width, info.channels), name="image")
     sample = normalize(to_pixels(data.x_train[:64], info), replace(info, layout="NHWC"))
     scores = np.asarray(model(sample, training=False))
-    is_probability = (
-        np.all(scores >= -PROBABILITY_TOLERANCE)
-        and np.all(scores <= 1 + PROBABILITY_TOLERANCE)
-        and np.allclose(scores.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE)
-    )
+    in_range = np.all(scores >= -PROBABILITY_TOLERANCE) and np.all(scores <= 1 + PROBABILITY_TOLERANCE)
+    binary = scores.shape[1] == 1
+    is_probability = in_range and (binary or np.allclose(scores.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE))
     fixed_size = tuple(model.input_shape[1:3]) == (info.height, info.width)
-    if is_probability and fixed_size:
+    if is_probability and fixed_size and not binary:
         return model
     outputs = model(inputs)
-    if not is_probability:
+    if binary:
+        if not is_probability:
+            log.info("%s outputs one score that is not a probability: a sigmoid is appended", model.name)
+            outputs = keras.layers.Activation("sigmoid", name="positive")(outputs)
+        log.info("%s is a binary classifier: its artifacts output [1 - p, p] for %s", model.name, list(info.labels))
+        negative = keras.layers.Rescaling(-1.0, offset=1.0, name="negative")(outputs)
+        outputs = keras.layers.Concatenate(name="probabilities")([negative, outputs])
+    elif not is_probability:
         log.info("%s outputs scores that are not probabilities: a softmax is appended", model.name)
         outputs = keras.layers.Softmax(name="probabilities")(outputs)
     return keras.Model(inputs, outputs, name=f"{model.name}_export")

@@ -104,10 +104,11 @@ def broken_int8(monkeypatch):
     def broken_quantize(self, *args, **kwargs):
         proto = quantize(self, *args, **kwargs)
         for init in proto.graph.initializer:
-            if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4:
-                weights = onnx.numpy_helper.to_array(init).astype(np.int16)
-                noisy = np.clip(weights + rng.integers(-40, 41, weights.shape), -127, 127).astype(np.int8)
-                init.CopyFrom(onnx.numpy_helper.from_array(noisy, init.name))
+            if init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(init.dims) == 4:
+                weights = onnx.numpy_helper.to_array(init)
+                low, high = (-127, 127) if weights.dtype == np.int8 else (0, 255)
+                noisy = np.clip(weights.astype(np.int16) + rng.integers(-40, 41, weights.shape), low, high)
+                init.CopyFrom(onnx.numpy_helper.from_array(noisy.astype(weights.dtype), init.name))
         return proto
 
     monkeypatch.setattr(export.quantize.OnnxQuantizer, "quantize", broken_quantize)

@@ -1,0 +1,191 @@
+"""What users' own models bring: preprocessing layers that hold tensors, binary sigmoid heads,
+custom layers, code in the model file, negative preprocessing values on the command line, and
+failures of one format or remedy that must not cost the others."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import keras
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+import export.pipeline
+import export.quantize
+from export.__main__ import joined_negative_values, parse_args
+from export.__main__ import main as export_main
+from export.onnx_export import keras_to_onnx
+from export.source import ExportError, import_user_module, load_keras_model
+from runtime.classifier import Classifier
+from runtime.metadata import ModelInfo
+from tests.conftest import deterministic, pattern_image
+
+
+def test_negative_preprocessing_values_can_be_typed_as_documented():
+    argv = ["--model", "m.keras", "--dataset", "d", "--pixel-range", "-1,1", "--mean", "-0.5", "--std", ".5"]
+    assert joined_negative_values(argv)[4:] == ["--pixel-range=-1,1", "--mean=-0.5", "--std", ".5"]
+    args = parse_args(argv)
+    assert (args.pixel_range, args.mean, args.std) == ("-1,1", "-0.5", ".5")
+    assert joined_negative_values(["--formats", "-x"]) == ["--formats", "-x"]  # other options untouched
+
+
+def test_a_normalization_layer_converts_to_one_input():
+    """EfficientNet's and MobileNetV3's include_preprocessing: Normalization keeps its mean and
+    variance as tensors, which tf2onnx made extra graph inputs ("expected one input, found 3")."""
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (64, 8, 8, 3)).astype("float32")
+    norm = keras.layers.Normalization(axis=-1)
+    norm.adapt(images)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(norm(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    info = ModelInfo(labels=("a", "b", "c"), height=8, width=8, channels=3, scale=1.0)
+    proto = keras_to_onnx(model, info)
+    assert [i.name for i in proto.graph.input] == ["image"]
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": images.transpose(0, 3, 1, 2)})[0]
+    np.testing.assert_allclose(got, np.asarray(model(images)), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def binary_folder(tmp_path_factory):
+    """A defect / no-defect style dataset: two of the pattern classes."""
+    root = tmp_path_factory.mktemp("binary")
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 200), ("test", 200)):
+        for kind, name in ((0, "checks"), (2, "rings")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(pattern_image(kind, rng)).save(root / split / name / f"{i:03d}.png")
+    return root
+
+
+def test_a_binary_sigmoid_classifier_exports_as_two_classes(binary_folder, tmp_path):
+    from train.datasets import load_image_folder
+
+    data = load_image_folder(binary_folder)
+    deterministic(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
+    model.fit(data.x_train.astype("float32"), data.y_train.astype("float32"), epochs=8, batch_size=32, verbose=0)
+    path = tmp_path / "defects.keras"
+    model.save(path)
+    out = tmp_path / "out"
+    formats = "onnx_fp32,onnx_int8,tflite_int8"
+    args = ["--model", str(path), "--dataset", str(binary_folder), "--pixel-range", "0,255", "--out", str(out)]
+    assert export_main([*args, "--formats", formats]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["path"] for e in manifest["artifacts"]] == ["model_fp32.onnx", "model_int8.onnx", "model_int8.tflite"]
+    classifier = Classifier(out / "model_int8.onnx")
+    assert classifier.labels == ("checks", "rings")
+    probabilities = classifier.predict(data.x_test)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=0.02)  # two uint8-quantized outputs
+    exact = Classifier(out / "model_fp32.onnx").predict(data.x_test)
+    np.testing.assert_allclose(exact.sum(axis=1), 1.0, atol=1e-5)
+    expected = np.asarray(model(data.x_test.astype("float32")))[:, 0] > 0.5
+    assert np.mean((probabilities[:, 1] > 0.5) == expected) > 0.98
+
+
+CUSTOM_MODULE = """
+import keras
+
+@keras.saving.register_keras_serializable(package="users_pkg")
+class Doubler(keras.layers.Layer):
+    def call(self, x):
+        return 2.0 * x
+"""
+
+
+def test_custom_layers_load_with_the_users_module(tmp_path):
+    module = tmp_path / "my_layers.py"
+    module.write_text(CUSTOM_MODULE)
+    import_user_module(module)
+    doubler = keras.saving.get_registered_object("users_pkg>Doubler")
+    inputs = keras.Input((4,))
+    path = tmp_path / "custom.keras"
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(doubler()(inputs))).save(path)
+    keras.saving.get_custom_objects().pop("users_pkg>Doubler")  # as in a fresh process
+    with pytest.raises(ExportError, match="with --custom-objects FILE.py"):
+        load_keras_model(path)
+    import_user_module(module)
+    assert load_keras_model(path).layers[1].__class__.__name__ == "Doubler"
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('no GPU here')\n")
+    with pytest.raises(ExportError, match="importing it failed .*no GPU here"):
+        import_user_module(broken)
+
+
+def test_code_in_the_model_file_needs_the_explicit_opt_in(tmp_path):
+    inputs = keras.Input((4,))
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Lambda(lambda x: x * 2)(inputs))).save(
+        path
+    )
+    with pytest.raises(ExportError, match="--trust-model-code lets Keras run the code in a file you trust"):
+        load_keras_model(path)
+    assert len(load_keras_model(path, trust_code=True).layers) == 3
+
+
+def test_the_runtime_warns_about_a_rejected_artifact(int8_model, tmp_path, caplog):
+    rejected = tmp_path / "rejected"
+    rejected.mkdir()
+    shutil.copy2(int8_model, rejected / "model_int8.onnx")
+    (rejected / "parity.json").write_text("{}")
+    with caplog.at_level(logging.WARNING, logger="runtime.artifacts"):
+        Classifier(rejected / "model_int8.onnx")
+    assert "did not pass its parity gate" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="runtime.artifacts"):
+        Classifier(int8_model)  # a published one: no warning
+    assert "parity gate" not in caplog.text
+
+
+def export_small(trained_models, small_data_dir, out, *extra: str) -> int:
+    model = trained_models / "fashion_mnist" / "model.keras"
+    args = ["--model", str(model), "--dataset", "fashion_mnist", "--data-dir", str(small_data_dir), "--out", str(out)]
+    return export_main([*args, *extra])
+
+
+def test_a_format_that_fails_to_convert_costs_only_itself(
+    trained_models, small_data_dir, tmp_path, monkeypatch, capsys
+):
+    build = export.pipeline.Builder.build
+
+    def tflite_breaks(self, name, int8=None):
+        if name == "tflite_int8":
+            raise RuntimeError("'tfl.gelu' op is neither a custom op nor a flex op\nmore converter noise")
+        return build(self, name, int8)
+
+    monkeypatch.setattr(export.pipeline.Builder, "build", tflite_breaks)
+    out = tmp_path / "out"
+    assert export_small(trained_models, small_data_dir, out, "--formats", "onnx_fp32,tflite_int8,tflite_fp16") == 1
+    captured = capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["path"] for e in manifest["artifacts"]] == ["model_fp32.onnx", "model_fp16.tflite"]
+    assert "FAIL (not built)" in captured.out and "conversion failed" in captured.err
+    assert "'tfl.gelu' op is neither a custom op nor a flex op" in (out / "parity.md").read_text()
+    assert not (out / "model_int8.tflite").exists() and not (out / "rejected" / "model_int8.tflite").exists()
+
+
+def test_a_remedy_that_cannot_apply_is_skipped_with_its_reason(trained_models, small_data_dir, tmp_path, monkeypatch):
+    def cannot(self):
+        raise ValueError("Output with path `` is not connected to `inputs`")
+
+    monkeypatch.setattr(export.quantize.Int8Factory, "equalized", cannot)
+    out = tmp_path / "out"
+    strict = ("--thresholds", "int8=0:1:0")  # plain int8 fails: accuracy control runs
+    args = ("--formats", "onnx_fp32,onnx_int8", "--remedies", "equalization", *strict)
+    assert export_small(trained_models, small_data_dir, out, *args) == 1
+    assert json.loads((out / "manifest.json").read_text())["artifacts"][0]["path"] == "model_fp32.onnx"
+    report = json.loads((out / "rejected" / "parity.json").read_text())
+    int8 = next(row for row in report["artifacts"] if row["path"] == "model_int8.onnx")
+    assert int8["remedy"]["skipped"] == [
+        {"remedy": "cross-layer equalization", "reason": "Output with path `` is not connected to `inputs`"}
+    ]
