@@ -226,8 +226,9 @@ def _aside_moves(workspace: Workspace, manifest: dict, new_files: list[str]) -> 
     so that a rename done is told from one to do by its target existing."""
     folder = workspace.folder
     listed = {name for entry in manifest["artifacts"] for name in artifact_files(entry["path"])}
-    ours = set(_old_manifest_files(folder)) | (set(REPORTS) if workspace.owned else set())
-    stale = [name for name in _old_manifest_files(folder) if name not in listed and (folder / name).is_file()]
+    old_files = _old_manifest_files(folder)
+    ours = set(old_files) | (set(REPORTS) if workspace.owned else set())
+    stale = [name for name in old_files if name not in listed and (folder / name).is_file()]
     foreign = [name for name in new_files if name not in ours and (folder / name).exists()]
     if stale:
         log.warning("moving %s of an earlier model to %s/", ", ".join(stale), SUPERSEDED)
