@@ -8,7 +8,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help train export bench bench-quick demo browser test lint format clean
+.PHONY: help train export bench bench-quick zoo demo browser test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ bench: $(VENV)/.stamp-train ## CPU latency benchmarks of every artifact -> repor
 
 bench-quick: $(VENV)/.stamp-train ## a one-minute smoke run of the benchmarks
 	$(PY) -m benchmarks --quick --out runs/bench-quick
+
+zoo: $(VENV)/.stamp-train ## train briefly and export 15 keras.applications families -> docs/results/zoo.md (hours on a CPU)
+	$(PY) -m export.zoo
 
 demo: $(VENV)/.stamp-demo ## serve the web demo on http://127.0.0.1:7860 (examples from EDGEPACK_DATA_DIR)
 	$(PY) -m demo

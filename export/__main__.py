@@ -142,6 +142,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=ControlSettings.max_float_ops,
         help=f"most ops float fallback may keep in float (default: {ControlSettings.max_float_ops})",
     )
+    control.add_argument(
+        "--control-budget",
+        type=float,
+        default=ControlSettings.budget_s,
+        metavar="SECONDS",
+        help="time accuracy control may spend on each failing int8 artifact; no remedy starts after it, "
+        f"the best candidate so far is kept and the report says so (default: {ControlSettings.budget_s:.0f})",
+    )
     parser.add_argument(
         "--tta",
         choices=TTA_CHOICES,
@@ -183,6 +191,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         value = getattr(args, flag)
         if value is not None and value < least:
             parser.error(f"--{flag.replace('_', '-')} must be at least {least}")
+    if not args.control_budget > 0 or args.control_budget == float("inf"):
+        parser.error("--control-budget must be a positive number of seconds")
     if args.model is None:
         if args.dataset != "all" and args.dataset not in REGISTRY:
             parser.error(
@@ -281,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             remedies=args.remedies,
             diagnose=args.diagnose,
             max_float_ops=args.max_float_ops,
+            budget_s=args.control_budget,
         ),
     )
     all_passed = True

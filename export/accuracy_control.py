@@ -11,8 +11,12 @@ The loop NNCF's ``quantize_with_accuracy_control`` runs, for both formats and un
 3. **Cross-layer equalization** (``export.equalize``), alone and with the best calibration.
 4. **Float fallback**: keep the quantizer groups (a tensor's producer and consumers) with the
    worst error in float, one at a time, re-measuring after each; a group that does not help is
-   put back. Stops when the gate would pass, or at ``max_float_ops`` ops or ``max_size_share``
-   of the fp32 file.
+   put back. Stops when the gate would pass, at ``max_float_ops`` ops or ``max_size_share``
+   of the fp32 file, or after ``patience`` groups in a row that brought it no closer.
+
+Each artifact has a time budget (``budget_s``, ``--control-budget``): once it is spent, no
+further remedy starts, the best candidate so far is kept, and the report says so. A weak model
+that no remedy can rescue then costs minutes, not the hour an exhaustive search would take.
 
 A remedy that cannot apply to a model (a converter or equalization failing on its graph) is
 skipped, its reason logged and recorded in the report; it never ends the export.
@@ -26,6 +30,8 @@ plainly never gets here and pays nothing for it.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +44,7 @@ from export.quantize import Int8Recipe
 from runtime.text import one_line
 
 if TYPE_CHECKING:
-    from export.pipeline import Builder
+    from export.pipeline import ArtifactSpec, Builder
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,12 @@ class ControlSettings:
     max_size_share: float = 0.35  # of the fp32 artifact of the same format ...
     min_size_headroom: float = 0.10  # ... or plain int8 plus this share of fp32, if plain int8 is already larger
     validation_samples: int = 3000
+    budget_s: float = 600.0  # --control-budget: per artifact; no remedy starts once it is spent
+    patience: int = 3  # float fallback stops after this many groups in a row that did not help
+
+
+class BudgetSpent(Exception):
+    """The artifact's time budget ran out before the next remedy could start."""
 
 
 @dataclass
@@ -148,6 +160,7 @@ def control_accuracy(
         )
 
     skipped: list[dict] = []
+    started = time.monotonic()
 
     def trial(remedy: str, recipe: Int8Recipe) -> Trial | None:
         try:
@@ -170,9 +183,52 @@ def control_accuracy(
         )
         return Trial(remedy, recipe, figures, passes, path.stat().st_size)
 
+    def within_budget(remedy: str, recipe: Int8Recipe) -> Trial | None:
+        if time.monotonic() - started > settings.budget_s:
+            raise BudgetSpent(remedy)
+        return trial(remedy, recipe)
+
     tried = [trial("plain post-training int8", plain)]
     fp32_bytes = _fp32_bytes(builder, spec.format)
     size_limit = max(settings.max_size_share, tried[0].bytes / fp32_bytes + settings.min_size_headroom) * fp32_bytes
+    try:
+        chosen = _search(builder, spec, plain, settings, worst, size_limit, tried, within_budget)
+    except BudgetSpent as spent:
+        chosen = None
+        log.warning("  time budget of %.0f s spent: %s and later remedies not tried", settings.budget_s, spent)
+        skipped.append({"remedy": str(spent), "reason": f"time budget of {settings.budget_s:.0f} s spent"})
+    final = chosen if chosen is not None else _best(tried)
+    builder.build(name, final.recipe)
+    return {
+        "chosen": final.remedy if final.recipe != plain else "none",
+        "float_ops": list(final.recipe.float_ops),
+        "recipe": final.recipe.describe(),
+        "tried": [t.record() for t in tried],
+        "skipped": skipped,
+        "budget_s": settings.budget_s,
+        "seconds": round(time.monotonic() - started, 1),
+        "before": {
+            "accuracy": failed.accuracy,
+            "delta_pp": failed.delta_pp,
+            "confident_agreement": failed.confident_agreement,
+        },
+        "failures_before": list(failed.failures),
+        "validation_images": len(validation.images),
+        "layer_errors": [e.as_dict() for e in errors],
+    }
+
+
+def _search(
+    builder: Builder,
+    spec: ArtifactSpec,
+    plain: Int8Recipe,
+    settings: ControlSettings,
+    worst: list[LayerError],
+    size_limit: float,
+    tried: list[Trial],
+    trial: Callable[[str, Int8Recipe], Trial | None],
+) -> Trial | None:
+    """The remedies in order of cost, until one would pass (appending each to ``tried``)."""
     chosen = None
     if spec.precision == "int8" and "calibration" in settings.remedies:  # dynamic-range ones are not calibrated
         available = len(builder.source.data.x_train)
@@ -191,24 +247,8 @@ def control_accuracy(
             tried += [combined] if combined else []
         chosen = next((t for t in tried if t.passes), None)
     if chosen is None and "fallback" in settings.remedies and spec.precision == "int8":
-        chosen = _fallback(trial, _best(tried), worst, settings.max_float_ops, size_limit, tried)
-    final = chosen if chosen is not None else _best(tried)
-    builder.build(name, final.recipe)
-    return {
-        "chosen": final.remedy if final.recipe != plain else "none",
-        "float_ops": list(final.recipe.float_ops),
-        "recipe": final.recipe.describe(),
-        "tried": [t.record() for t in tried],
-        "skipped": skipped,
-        "before": {
-            "accuracy": failed.accuracy,
-            "delta_pp": failed.delta_pp,
-            "confident_agreement": failed.confident_agreement,
-        },
-        "failures_before": list(failed.failures),
-        "validation_images": len(validation.images),
-        "layer_errors": [e.as_dict() for e in errors],
-    }
+        chosen = _fallback(trial, _best(tried), worst, settings, size_limit, tried)
+    return chosen
 
 
 def _calibration_choices(fmt: str, plain: Int8Recipe, samples: int, available: int) -> list[tuple[str, Int8Recipe]]:
@@ -237,11 +277,18 @@ def _best(trials: list[Trial]) -> Trial:
 
 
 def _fallback(
-    trial, base: Trial, worst: list[LayerError], max_float_ops: int, size_limit: float, tried: list[Trial]
+    trial: Callable[[str, Int8Recipe], Trial | None],
+    base: Trial,
+    worst: list[LayerError],
+    settings: ControlSettings,
+    size_limit: float,
+    tried: list[Trial],
 ) -> Trial | None:
     """Greedy float fallback on top of ``base``: keep the worst quantizer groups in float one at a
-    time; a group that brings the candidate no closer to passing goes back to int8."""
-    current = base
+    time; a group that brings the candidate no closer to passing goes back to int8, and
+    ``settings.patience`` such groups in a row end the search."""
+    max_float_ops = settings.max_float_ops
+    current, useless = base, 0
     prefix = "" if base is tried[0] else f"{base.remedy} + "
     for error in worst:
         new_ops = tuple(op for op in error.group if op not in current.recipe.float_ops)
@@ -264,7 +311,12 @@ def _fallback(
         if candidate.passes:
             return candidate
         if _score(candidate) < _score(current):
-            current = candidate
+            current, useless = candidate, 0
+            continue
+        useless += 1
+        if useless >= settings.patience:
+            log.info("  float fallback stops: %d groups in a row brought it no closer", useless)
+            break
     return None
 
 

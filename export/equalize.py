@@ -82,8 +82,12 @@ def _can_consume(layer: keras.layers.Layer) -> bool:
 
 
 def _single_consumer(layer: keras.layers.Layer) -> keras.layers.Layer | None:
-    nodes = getattr(layer, "_outbound_nodes", [])
-    return nodes[0].operation if len(nodes) == 1 else None
+    """The one layer that reads ``layer``'s output, if there is exactly one.
+
+    Distinct operations are counted, not nodes: a Sequential model rebuilt from its config calls
+    each layer once per build, which leaves several nodes to the same consumer."""
+    consumers = {id(node.operation): node.operation for node in getattr(layer, "_outbound_nodes", [])}
+    return next(iter(consumers.values())) if len(consumers) == 1 else None
 
 
 def find_pairs(model: keras.Model) -> list[Pair]:
@@ -167,8 +171,7 @@ def equalize(model: keras.Model, inputs: np.ndarray) -> tuple[keras.Model, list[
     if not pairs:
         log.info("cross-layer equalization: no rescalable layer pairs in %s", model.name)
         return model, []
-    probe = keras.Model(equalized.inputs, [pair.path_end.output for pair in pairs]) if _flat(equalized, pairs) else None
-    ranges = _activation_ranges(equalized, pairs, inputs, probe)
+    ranges = _activation_ranges(equalized, pairs, inputs)
     done = []
     for pair, activation_range in zip(pairs, ranges):
         weight_range = _input_weight_range(pair.consumer)
@@ -186,26 +189,31 @@ def equalize(model: keras.Model, inputs: np.ndarray) -> tuple[keras.Model, list[
     return equalized, done
 
 
-def _flat(model: keras.Model, pairs: list[Pair]) -> bool:
-    top = {id(layer) for layer in model.layers}
-    return all(id(pair.path_end) in top for pair in pairs)
+def _activation_ranges(model: keras.Model, pairs: list[Pair], inputs: np.ndarray) -> list[np.ndarray]:
+    """The per-channel maximum absolute activation entering each consumer, over ``inputs``.
 
+    Each ``path_end`` layer's ``call`` is wrapped for the duration of an eager run of the whole
+    model, rather than cut out as a sub-model: a sub-model needs the layer's output connected to
+    the model's inputs, which Keras cannot trace through a Sequential wrapper or a nested model
+    (``Output with path `` is not connected to `inputs```)."""
+    ranges: dict[int, np.ndarray] = {}
 
-def _activation_ranges(model: keras.Model, pairs: list[Pair], inputs: np.ndarray, probe) -> list[np.ndarray]:
-    """The per-channel maximum absolute activation entering each consumer, over ``inputs``."""
-    if probe is None:  # pairs inside nested models: probe each one through its own sub-model
-        return [_nested_range(model, pair, inputs) for pair in pairs]
-    outputs = probe.predict(inputs, batch_size=128, verbose=0)
-    outputs = outputs if isinstance(outputs, list) else [outputs]
-    return [np.abs(out).reshape(-1, out.shape[-1]).max(axis=0) for out in outputs]
+    def recording(layer: keras.layers.Layer, call):
+        def wrapped(*args, **kwargs):
+            out = call(*args, **kwargs)
+            seen = np.abs(np.asarray(out)).reshape(-1, out.shape[-1]).max(axis=0)
+            ranges[id(layer)] = np.maximum(ranges.get(id(layer), seen), seen)
+            return out
 
+        return wrapped
 
-def _nested_range(model: keras.Model, pair: Pair, inputs: np.ndarray) -> np.ndarray:
-    owner = next(
-        (layer for layer in model.layers if isinstance(layer, keras.Model) and pair.path_end in layer.layers), model
-    )
-    owner_inputs = inputs
-    if owner is not model:
-        owner_inputs = keras.Model(model.inputs, owner.input).predict(inputs, batch_size=128, verbose=0)
-    out = keras.Model(owner.inputs, pair.path_end.output).predict(owner_inputs, batch_size=128, verbose=0)
-    return np.abs(out).reshape(-1, out.shape[-1]).max(axis=0)
+    hooked = {id(pair.path_end): pair.path_end for pair in pairs}
+    for layer in hooked.values():
+        object.__setattr__(layer, "call", recording(layer, layer.call))
+    try:
+        for start in range(0, len(inputs), 128):
+            model(inputs[start : start + 128], training=False)
+    finally:
+        for layer in hooked.values():
+            object.__delattr__(layer, "call")
+    return [ranges[id(pair.path_end)] for pair in pairs]

@@ -3,11 +3,20 @@
 The ONNX graph takes NCHW input: tf2onnx then pushes the layout change through the whole
 convolutional graph, so ONNX Runtime runs no Transpose at all (checked by :func:`count_ops`).
 BatchNorm is folded into the convolutions by tf2onnx's optimizer.
+
+Two of Keras' TensorFlow kernels trace to ops tf2onnx cannot convert, so the model is traced
+with ONNX-friendly equivalents of them (:func:`convertible_kernels`): grouped and depthwise
+``Conv2D(groups=...)`` (ConvNeXt's depthwise convolution), which Keras compiles with XLA on CPU
+(a ``StatefulPartitionedCall`` to tf2onnx), and exact GELU, which TensorFlow writes with
+``Erfc`` (no ONNX op); ``0.5 x (1 + erf(x / sqrt 2))`` is the same function with ONNX's ``Erf``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+from collections.abc import Iterator
 
 import keras
 import numpy as np
@@ -67,12 +76,36 @@ def _fold_captured_inputs(proto: onnx.ModelProto, constants: dict[str, np.ndarra
             proto.graph.input.remove(value)
 
 
+@contextlib.contextmanager
+def convertible_kernels() -> Iterator[None]:
+    """Trace Keras' grouped convolution without XLA and exact GELU with ``Erf`` (module docstring)."""
+    from keras.src.backend.tensorflow import nn
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        layout = nn._convert_data_format(data_format, len(inputs.shape))
+        return tf.nn.convolution(inputs, kernel, strides, padding.upper(), data_format=layout, dilations=dilation_rate)
+
+    def gelu(x, approximate=True):
+        x = tf.convert_to_tensor(x)
+        if approximate:
+            return tf.nn.gelu(x, approximate=True)
+        return 0.5 * x * (1.0 + tf.math.erf(x / math.sqrt(2.0)))
+
+    originals = {"conv": nn.conv, "gelu": nn.gelu}
+    nn.conv, nn.gelu = conv, gelu
+    try:
+        yield
+    finally:
+        nn.conv, nn.gelu = originals["conv"], originals["gelu"]
+
+
 def keras_to_onnx(model: keras.Model, info: ModelInfo) -> onnx.ModelProto:
     """Convert to an NCHW-input ONNX model with metadata, validated by the full checker."""
     function = inference_function(model)
-    proto, _ = tf2onnx.convert.from_function(
-        function, input_signature=function.input_signature, opset=OPSET, inputs_as_nchw=[INPUT_NAME]
-    )
+    with convertible_kernels():
+        proto, _ = tf2onnx.convert.from_function(
+            function, input_signature=function.input_signature, opset=OPSET, inputs_as_nchw=[INPUT_NAME]
+        )
     _fold_captured_inputs(proto, captured_constants(function))
     _name_io(proto)
     proto.producer_name = "edgepack"

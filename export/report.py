@@ -55,7 +55,7 @@ def status_rows(results: list[ParityResult], carried: list[dict], latency: dict[
     fp32_size.update({e["format"]: e["bytes"] for e in carried if e.get("precision") == "fp32"})
     rows = []
     for r in results:
-        share = f"{100 * r.bytes / fp32_size[r.format]:.0f}%" if r.format in fp32_size else "–"
+        share = f"{100 * r.bytes / fp32_size[r.format]:.0f}%" if fp32_size.get(r.format) else "–"  # 0: not built
         ms = latency.get(r.path, math.nan)
         rows.append(
             [
@@ -75,7 +75,7 @@ def status_rows(results: list[ParityResult], carried: list[dict], latency: dict[
             ]
         )
     for e in carried:
-        share = f"{100 * e['bytes'] / fp32_size[e['format']]:.0f}%" if e["format"] in fp32_size else "–"
+        share = f"{100 * e['bytes'] / fp32_size[e['format']]:.0f}%" if fp32_size.get(e["format"]) else "–"
         rows.append(
             [
                 e["path"],
@@ -212,6 +212,10 @@ def _remedy_section(r: ParityResult) -> list[str]:
         "full test split (table above).",
         "",
     ]
+    skipped = remedy.get("skipped", [])
+    lines += [f"- not tried: {step['remedy']}: {step['reason']}" for step in skipped] + ([""] if skipped else [])
+    if "seconds" in remedy:
+        lines += [f"Accuracy control took {remedy['seconds']:.0f} s of its {remedy['budget_s']:.0f} s budget.", ""]
     return lines
 
 

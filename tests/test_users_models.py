@@ -189,3 +189,41 @@ def test_a_remedy_that_cannot_apply_is_skipped_with_its_reason(trained_models, s
     assert int8["remedy"]["skipped"] == [
         {"remedy": "cross-layer equalization", "reason": "Output with path `` is not connected to `inputs`"}
     ]
+
+
+def test_accuracy_control_stops_when_its_time_budget_is_spent(trained_models, small_data_dir, tmp_path):
+    out = tmp_path / "out"
+    strict = ("--thresholds", "int8=0:1:0")  # plain int8 fails: accuracy control runs
+    args = ("--formats", "onnx_fp32,onnx_int8", "--control-budget", "0.001", *strict)
+    assert export_small(trained_models, small_data_dir, out, *args) == 1
+    report = json.loads((out / "rejected" / "parity.json").read_text())
+    remedy = next(row for row in report["artifacts"] if row["path"] == "model_int8.onnx")["remedy"]
+    assert [step["remedy"] for step in remedy["tried"]] == ["plain post-training int8"]
+    assert remedy["skipped"] == [{"remedy": "percentile calibration", "reason": "time budget of 0 s spent"}]
+    assert "s budget." in (out / "rejected" / "parity.md").read_text()
+
+
+@pytest.mark.parametrize("budget", ["0", "-5", "nan", "inf"])
+def test_the_control_budget_must_be_a_positive_number_of_seconds(budget, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m.keras", "--dataset", "d", f"--control-budget={budget}"])
+    assert "--control-budget must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_grouped_convolutions_and_exact_gelu_convert_at_the_converter():
+    """ConvNeXt's depthwise Conv2D(groups=C) (XLA-compiled by Keras on CPU) and exact GELU (Erfc in
+    TensorFlow) had no ONNX conversion: both are traced with ONNX-friendly kernels."""
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 1)(inputs)
+    x = keras.layers.Conv2D(8, 7, padding="same", groups=8)(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=2, activation="gelu")(x)
+    x = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    info = ModelInfo(labels=("a", "b", "c"), height=16, width=16, channels=3, scale=1.0)
+    proto = keras_to_onnx(model, info)
+    assert {"Erf", "Conv"} <= {node.op_type for node in proto.graph.node}
+    images = np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": images.transpose(0, 3, 1, 2)})[0]
+    np.testing.assert_allclose(got, np.asarray(model(images)), atol=1e-5)
+    assert float(np.asarray(keras.activations.gelu(keras.ops.ones(1), approximate=False))[0]) > 0.84  # restored

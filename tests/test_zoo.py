@@ -1,0 +1,142 @@
+"""One fast test per keras.applications family: a tiny variant built from the family's own blocks
+(small width and depth, 32x32), trained seconds on the test patterns, goes through export with a
+gate no int8 artifact can pass, so that accuracy control runs its remedies on it (cross-layer
+equalization and float fallback) on every graph shape users bring: nested, Sequential-wrapped,
+squeeze-excite, hard-swish, swish, LayerNormalization and GELU, concatenation, separable
+convolutions, Normalization and Resizing inside the model.
+
+The full-size families, trained for minutes on CIFAR-10 and gated with the default gate, are
+``make zoo`` (docs/results/zoo.md): too slow for CI.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import keras
+import numpy as np
+import pytest
+from keras.src.applications import convnext, densenet, efficientnet, efficientnet_v2, nasnet, resnet
+
+from export.__main__ import main as export_main
+from export.zoo import FAMILIES, Family, build
+from tests.conftest import PATTERN_CLASSES, fit_user_model, pattern_image
+
+
+def _resnet(stack, preact: bool, **kwargs) -> keras.Model:
+    def stack_fn(x):
+        x = stack(x, 8, 2, stride1=1, name="conv2")  # two blocks: v2's last block is named block{blocks}
+        return stack(x, 16, 2, name="conv3")
+
+    return resnet.ResNet(stack_fn, preact, not preact, name="tiny_resnet", **kwargs)
+
+
+def _xception(input_shape, include_top, weights, pooling) -> keras.Model:
+    """Xception's entry-flow block (separable convolutions, max pooling, a strided 1x1 shortcut)."""
+    from keras import layers
+
+    inputs = keras.Input(input_shape)
+    x = layers.Activation("relu")(layers.BatchNormalization()(layers.Conv2D(8, 3, strides=2, use_bias=False)(inputs)))
+    shortcut = layers.BatchNormalization()(layers.Conv2D(16, 1, strides=2, padding="same", use_bias=False)(x))
+    x = layers.BatchNormalization()(layers.SeparableConv2D(16, 3, padding="same", use_bias=False)(x))
+    x = layers.SeparableConv2D(16, 3, padding="same", use_bias=False)(layers.Activation("relu")(x))
+    x = layers.MaxPooling2D(3, strides=2, padding="same")(layers.BatchNormalization()(x))
+    x = layers.GlobalAveragePooling2D()(layers.Activation("relu")(layers.Add()([x, shortcut])))
+    return keras.Model(inputs, x, name="tiny_xception")
+
+
+EFFICIENT = {"width_coefficient": 0.25, "depth_coefficient": 0.25, "default_size": 32}
+EFFICIENT_V2 = {**EFFICIENT, "blocks_args": efficientnet_v2.DEFAULT_BLOCKS_ARGS["efficientnetv2-b0"]}
+TINY = {
+    "MobileNet": (FAMILIES["MobileNet"], None),
+    "MobileNetV2": (FAMILIES["MobileNetV2"], None),
+    "MobileNetV3Small": (Family("MobileNetV3Small", "inside", (("alpha", 0.35),), wrap="sequential"), None),
+    "MobileNetV3Large minimalistic": (
+        Family("MobileNetV3Large", "inside", (("alpha", 0.35), ("minimalistic", True))),
+        None,
+    ),
+    "EfficientNet": (FAMILIES["EfficientNetB0"], partial(efficientnet.EfficientNet, **EFFICIENT)),
+    "EfficientNetV2": (FAMILIES["EfficientNetV2B0"], partial(efficientnet_v2.EfficientNetV2, **EFFICIENT_V2)),
+    "ResNet": (FAMILIES["ResNet50"], partial(_resnet, resnet.stack_residual_blocks_v1, False)),
+    "ResNetV2": (FAMILIES["ResNet50V2"], partial(_resnet, resnet.stack_residual_blocks_v2, True)),
+    "DenseNet": (FAMILIES["DenseNet121"], partial(densenet.DenseNet, [1, 1, 1, 1])),
+    "NASNet": (
+        FAMILIES["NASNetMobile"],
+        partial(nasnet.NASNet, penultimate_filters=96, num_blocks=1, stem_block_filters=8, default_size=32),
+    ),
+    "Xception": (Family("Xception", "tf", min_side=40), _xception),
+    "ConvNeXt": (
+        FAMILIES["ConvNeXtTiny"],
+        partial(convnext.ConvNeXt, depths=[1, 1, 1, 1], projection_dims=[8, 16, 32, 64], default_size=32),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def few_patterns(tmp_path_factory):
+    """The test patterns, 60 images per class and split: conversion, not the gate, is under test."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("few_patterns")
+    rng = np.random.default_rng(5)
+    for split in ("train", "test"):
+        for kind, name in enumerate(PATTERN_CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(60):
+                Image.fromarray(pattern_image(kind, rng)).save(root / split / name / f"{i:02d}.png")
+    return root
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_a_tiny_variant_of_each_family_converts_and_goes_through_every_remedy(family, few_patterns, tmp_path):
+    pattern_folder = few_patterns
+    spec, constructor = TINY[family]
+    model = build(spec, len(PATTERN_CLASSES), constructor=constructor)
+    fit_user_model(model, pattern_folder, epochs=2)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    out = tmp_path / "out"
+    strict = ("--thresholds", "int8=0:1:0", "--remedies", "equalization,fallback", "--max-float-ops", "8")
+    common = ("--model", str(path), "--dataset", str(pattern_folder), "--pixel-range", "0,255", "--out", str(out))
+    code = export_main([*common, "--formats", "onnx_fp32,onnx_int8,tflite_int8", *strict])
+    assert code == 1  # the int8 artifacts cannot pass a zero-tolerance gate; nothing else went wrong
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [a["path"] for a in manifest["artifacts"]] == ["model_fp32.onnx"]
+    assert manifest["float_accuracy"] == pytest.approx(_keras_accuracy(model, pattern_folder), abs=1e-4)
+    report = json.loads((out / "rejected" / "parity.json").read_text())
+    for row in (r for r in report["artifacts"] if r["precision"] == "int8"):
+        remedy = row["remedy"]
+        assert remedy["skipped"] == [], f"{row['path']}: {remedy['skipped']}"
+        tried = [step["remedy"] for step in remedy["tried"]]
+        assert tried[:2] == ["plain post-training int8", "cross-layer equalization"], tried
+        assert any("float fallback" in step for step in tried), tried  # the per-layer report named an op
+
+
+def _keras_accuracy(model: keras.Model, folder) -> float:
+    from train.datasets import load_image_folder
+
+    data = load_image_folder(folder)
+    scores = model.predict(data.x_test.astype(np.float32), batch_size=256, verbose=0)
+    return float(np.mean(scores.argmax(axis=1) == data.y_test))
+
+
+def test_the_zoo_report_keeps_a_row_per_family_and_a_failing_family_costs_only_its_row(tmp_path):
+    from export.zoo import main as zoo_main
+
+    def run(name, args):
+        if name == "DenseNet121":
+            raise MemoryError("out of memory")
+        artifact = {"passed": True, "failures": [], "delta_pp": -0.1, "drop_bound_pp": 0.4, "drift_p99": 0.05}
+        artifact |= {"size_ratio": 0.3, "remedy": "none", "float_ops": []}
+        artifacts = {"onnx_fp32": artifact, "tflite_fp32": artifact, "onnx_int8": artifact}
+        return {"family": name, "parameters": 1234, "float_accuracy": 0.5, "artifacts": artifacts}
+
+    report = tmp_path / "zoo.md"
+    argv = ["--families", "MobileNetV2,DenseNet121", "--work", str(tmp_path / "work"), "--report", str(report)]
+    assert zoo_main(argv, run=run) == 0
+    text = report.read_text()
+    assert "| MobileNetV2 | 1,234 |" in text and "| onnx_int8 | pass | -0.10 | 0.40 | 0.050 | 0.30 | 0 |" in text
+    assert "| tflite_int8 | not built |" in text
+    assert "| DenseNet121 |" in text and "MemoryError: out of memory" in text
+    assert zoo_main([*argv, "--families", "MobileNetV2"], run=None) == 0  # measured rows are kept, not re-run
