@@ -4,7 +4,6 @@ JSON, Markdown and PNG files under ``reports/``."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.contenders import BY_KEY, CONTENDERS  # noqa: E402
+from runtime.files import atomic_path, atomic_write  # noqa: E402
 
 
 def p50(result: dict, key: str, threads: int, batch: int = 1) -> float | None:
@@ -235,15 +235,11 @@ def chart(result: dict, path: Path) -> None:
     axes[1].set_yticklabels([])
     fig.suptitle(f"{result['dataset']}: {result['machine']['cpu']} ({result['machine']['cores']} cores)")
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary sibling and rename, so a failed run never leaves half a report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, ".png") as partial:
+            fig.savefig(partial, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def write_reports(result: dict, out_dir: Path) -> list[Path]:
@@ -251,7 +247,7 @@ def write_reports(result: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"bench-{result['dataset']}"
     paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png")]
-    _atomic(paths[0], lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
-    _atomic(paths[1], lambda tmp: tmp.write_text(markdown(result)))
+    atomic_write(paths[0], json.dumps(result, indent=1) + "\n")
+    atomic_write(paths[1], markdown(result))
     chart(result, paths[2])
     return paths

@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from runtime.artifacts import default_models_dir
 from runtime.text import printable
 from train.native_logs import import_tensorflow_quietly  # noqa: E402
 
@@ -44,7 +45,6 @@ from runtime.errors import RuntimeFailure  # noqa: E402
 from train.datasets import REGISTRY, DataError  # noqa: E402
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -173,7 +173,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="replace a published release even by a model far less accurate than it",
     )
-    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS, help="where models/<dataset>/ live")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=default_models_dir(),
+        help="where <dataset>/ release folders live (default: $EDGEPACK_MODELS_DIR or models/)",
+    )
     parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR, then the Keras cache)")
     args = parser.parse_args(joined_negative_values(sys.argv[1:] if argv is None else argv))
     args.formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())

@@ -34,22 +34,46 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
+from export.artifacts import ARTIFACTS, ArtifactSpec, evaluator, float_reference
 from export.diagnose import LayerError, onnx_layer_errors, short_name, tflite_layer_errors, worst_first
 from export.parity import Figures, ParityResult, Threshold, measure
-from export.quantize import Int8Recipe
+from export.quantize import Int8Factory, Int8Recipe
+from export.sampling import validation_indices
+from export.source import Source
+from runtime.metadata import ModelInfo
 from runtime.text import one_line
-
-if TYPE_CHECKING:
-    from export.pipeline import ArtifactSpec, Builder
 
 log = logging.getLogger(__name__)
 
 
 REMEDIES = ("calibration", "equalization", "fallback")
+
+
+class SampleSettings(Protocol):
+    seed: int
+    calibration_samples: int | None
+
+
+class Builder(Protocol):
+    """What accuracy control needs from an export run (``export.pipeline.Builder`` is one): the
+    model and data, a staging folder, and a way to rebuild an artifact from another recipe."""
+
+    source: Source
+    config: SampleSettings
+    staging: Path
+    int8: Int8Factory
+
+    def build(self, name: str, int8: Int8Recipe | None = None) -> Path: ...
+
+    def default_int8(self) -> Int8Recipe: ...
+
+    def info_for(self, spec: ArtifactSpec, remedy: dict | None = None) -> ModelInfo: ...
+
+    def calibration_for(self, samples: int | None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -90,24 +114,12 @@ class Trial:
 
 
 class Validation:
-    """Training images, those outside the calibration sample first, with the float model's answers.
-
-    A training split too small to hold both is reused whole: the comparison is between two
-    versions of one model, so images the model was fitted or calibrated on still show what
-    quantization changes."""
+    """Training images outside every calibration sample (``export.sampling``), with the float
+    model's answers."""
 
     def __init__(self, builder: Builder, samples: int) -> None:
         data = builder.source.data
-        calibration = set(
-            np.random.default_rng(builder.config.seed)
-            .permutation(len(data.x_train))[: builder.config.calibration_samples]
-            .tolist()
-        )
-        order = np.random.default_rng(builder.config.seed + 1).permutation(len(data.x_train))
-        outside = [i for i in order if i not in calibration]
-        chosen = np.sort(np.array((outside + [i for i in order if i in calibration])[:samples], dtype=np.int64))
-        from export.pipeline import float_reference
-
+        chosen = validation_indices(len(data.x_train), min(samples, len(data.x_train)), builder.config.seed)
         self.images = data.x_train[chosen]
         self.targets = data.y_train[chosen]
         self.reference = float_reference(builder.source, builder.source.pixels(self.images))
@@ -115,8 +127,6 @@ class Validation:
 
 def layer_errors(builder: Builder, name: str, path: Path, recipe: Int8Recipe) -> list[LayerError]:
     """The per-layer report of the int8 artifact ``name`` built from ``recipe`` at ``path``."""
-    from export.pipeline import ARTIFACTS
-
     spec = ARTIFACTS[name]
     info = builder.info_for(spec)
     images = builder.calibration_for(recipe.samples)
@@ -143,8 +153,6 @@ def control_accuracy(
     builder: Builder, name: str, threshold: Threshold, settings: ControlSettings, failed: ParityResult
 ) -> dict:
     """Repair the failing int8 artifact ``name`` in place; returns what was tried and chosen."""
-    from export.pipeline import ARTIFACTS, evaluator
-
     spec = ARTIFACTS[name]
     path = builder.staging / spec.filename
     validation = Validation(builder, settings.validation_samples)
@@ -192,7 +200,7 @@ def control_accuracy(
     fp32_bytes = _fp32_bytes(builder, spec.format)
     size_limit = max(settings.max_size_share, tried[0].bytes / fp32_bytes + settings.min_size_headroom) * fp32_bytes
     try:
-        chosen = _search(builder, spec, plain, settings, worst, size_limit, tried, within_budget)
+        chosen = _search(builder, name, plain, settings, worst, size_limit, tried, within_budget)
     except BudgetSpent as spent:
         chosen = None
         log.warning("  time budget of %.0f s spent: %s and later remedies not tried", settings.budget_s, spent)
@@ -220,7 +228,7 @@ def control_accuracy(
 
 def _search(
     builder: Builder,
-    spec: ArtifactSpec,
+    name: str,
     plain: Int8Recipe,
     settings: ControlSettings,
     worst: list[LayerError],
@@ -229,7 +237,7 @@ def _search(
     trial: Callable[[str, Int8Recipe], Trial | None],
 ) -> Trial | None:
     """The remedies in order of cost, until one would pass (appending each to ``tried``)."""
-    chosen = None
+    spec, chosen = ARTIFACTS[name], None
     if spec.precision == "int8" and "calibration" in settings.remedies:  # dynamic-range ones are not calibrated
         available = len(builder.source.data.x_train)
         for label, recipe in _calibration_choices(spec.format, plain, builder.config.calibration_samples, available):
@@ -247,8 +255,18 @@ def _search(
             tried += [combined] if combined else []
         chosen = next((t for t in tried if t.passes), None)
     if chosen is None and "fallback" in settings.remedies and spec.precision == "int8":
-        chosen = _fallback(trial, _best(tried), worst, settings, size_limit, tried)
+        base = _best(tried)
+        if base.recipe.equalize != plain.equalize:  # another graph, whose ops have other names
+            worst = _worst_of(builder, name, base.recipe)
+        chosen = _fallback(trial, base, worst, settings, size_limit, tried)
     return chosen
+
+
+def _worst_of(builder: Builder, name: str, recipe: Int8Recipe) -> list[LayerError]:
+    """The per-layer report of the artifact ``recipe`` builds, worst first: the float fallback
+    on top of an equalized model must name the ops of the equalized graph."""
+    path = builder.build(name, recipe)
+    return worst_first(safe_layer_errors(builder, name, path, recipe))
 
 
 def _calibration_choices(fmt: str, plain: Int8Recipe, samples: int, available: int) -> list[tuple[str, Int8Recipe]]:
@@ -322,8 +340,6 @@ def _fallback(
 
 def _fp32_bytes(builder: Builder, fmt: str) -> int:
     """The size of the fp32 artifact of this format (built if this run did not ask for it)."""
-    from export.pipeline import ARTIFACTS
-
     name = f"{fmt}_fp32"
     path = builder.staging / ARTIFACTS[name].filename
     if not path.is_file():

@@ -12,7 +12,6 @@ plain post-training int8 of the copy collapses. It is the test case of accuracy 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from export.equalize import find_pairs, rescale_consumer, rescale_producer  # noqa: E402
+from runtime.files import atomic_path  # noqa: E402
 
 
 class OutlierError(Exception):
@@ -75,12 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     drift = float(np.max(np.abs(np.asarray(model(probe, training=False)) - before)))
-    partial = args.destination.with_name(f".{args.destination.stem}.{os.getpid()}.partial.keras")
     try:
-        model.save(partial)
-        partial.replace(args.destination)
+        with atomic_path(args.destination, ".keras") as partial:
+            model.save(partial)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         print(f"error: {args.destination}: cannot write ({exc.strerror or exc})", file=sys.stderr)
         return 2
     print(f"{args.destination}: outlier in {where}; float outputs changed by at most {drift:.2g}")

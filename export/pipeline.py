@@ -12,7 +12,6 @@ import errno
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import onnx
 from tqdm import tqdm
 
 from export.accuracy_control import ControlSettings, control_accuracy, diagnose
+from export.artifacts import ARTIFACTS, DEFAULT_FORMATS, QAT_FORMATS, ArtifactSpec, evaluator, float_reference
 from export.latency import batch1_latency_ms
 from export.litert import LiteRTModel
 from export.onnx_export import count_ops, keras_to_onnx, store_weights_as_int8
@@ -28,6 +28,7 @@ from export.parity import CONFIDENT_MARGIN, DEFAULT_THRESHOLDS, DRIFT_PERCENTILE
 from export.publish import manifest_entry, output_folder, publish, still_valid_entries
 from export.quantize import REDUCE_RANGE, Int8Factory, Int8Recipe
 from export.report import parity_json, parity_markdown, plot_confusion, plot_layer_errors
+from export.sampling import calibration_indices
 from export.source import ExportError, Source
 from export.tta import with_flip_tta
 from runtime.artifacts import MANIFEST, read_manifest, sha256_of
@@ -39,26 +40,6 @@ from runtime.metadata import ModelInfo
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ArtifactSpec:
-    filename: str
-    format: str
-    precision: str
-    quantization: str = "ptq"
-
-
-ARTIFACTS: dict[str, ArtifactSpec] = {
-    "onnx_fp32": ArtifactSpec("model_fp32.onnx", "onnx", "fp32", "none"),
-    "onnx_int8": ArtifactSpec("model_int8.onnx", "onnx", "int8"),
-    "tflite_fp32": ArtifactSpec("model_fp32.tflite", "tflite", "fp32", "none"),
-    "tflite_fp16": ArtifactSpec("model_fp16.tflite", "tflite", "fp16"),
-    "tflite_dynamic": ArtifactSpec("model_dynamic.tflite", "tflite", "dynamic"),
-    "tflite_int8": ArtifactSpec("model_int8.tflite", "tflite", "int8"),
-    "onnx_qat_int8": ArtifactSpec("model_qat_int8.onnx", "onnx", "int8", "qat"),
-    "tflite_qat_int8": ArtifactSpec("model_qat_int8.tflite", "tflite", "int8", "qat"),
-}
-DEFAULT_FORMATS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization != "qat")
-QAT_FORMATS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization == "qat")
 DEFAULT_CALIBRATION_SAMPLES = 1000
 LOW_DISK_BYTES = 16 * 1024**2  # below this, a converter's failure is reported as the full disk it likely is
 WORSE_RELEASE_MARGIN_PP = 1.0  # a new model this much less accurate than the release it replaces is refused
@@ -92,20 +73,7 @@ class Release:
 
 def calibration_sample(source: Source, samples: int, seed: int) -> np.ndarray:
     """A fixed random sample of *training* images (never test images), sized for the model."""
-    indices = np.sort(np.random.default_rng(seed).permutation(len(source.data.x_train))[:samples])
-    return source.pixels(source.data.x_train[indices])
-
-
-def float_reference(source: Source, pixels: np.ndarray, model=None, batch_size: int = 256) -> np.ndarray:
-    """The float Keras model's probabilities, the reference every artifact is measured against."""
-    model = model or source.model
-    batches = [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)]
-    return np.concatenate(
-        [
-            np.asarray(model(source.inputs(b), training=False))
-            for b in tqdm(batches, desc="float reference", unit=" batch", leave=False)
-        ]
-    )
+    return source.pixels(source.data.x_train[calibration_indices(len(source.data.x_train), samples, seed)])
 
 
 class Builder:
@@ -198,21 +166,6 @@ class Builder:
         if spec.format == "tflite":
             path.with_name(path.name + ".json").write_text(info.to_json() + "\n")
         return path
-
-
-def evaluator(spec: ArtifactSpec, info: ModelInfo) -> Callable[[Path, np.ndarray], np.ndarray]:
-    """How users run this kind of artifact: the runtime for ONNX (fed the dataset's images as
-    they are, so its own resizing is part of what is measured), LiteRT for TFLite (fed the same
-    images resized by the runtime's code)."""
-    if spec.format == "onnx":
-        return lambda path, images: Classifier(path, batch_size=256).predict(images)
-
-    def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
-        from runtime.preprocess import to_pixels
-
-        return LiteRTModel(path, info).run(to_pixels(images, info))
-
-    return run_tflite
 
 
 def _check_not_worse(source: Source, float_accuracy: float, sha256: str, config: ExportConfig) -> None:

@@ -127,6 +127,9 @@ class OnnxQuantizer:
         return conv.name
 
     def quantize(self, calibration: np.ndarray, info: ModelInfo, recipe: Int8Recipe) -> onnx.ModelProto:
+        unknown = set(recipe.float_ops) - {node.name for node in onnx.load(self.prepared).graph.node}
+        if unknown:  # ONNX Runtime would ignore them and quantize everything: a fallback that does nothing
+            raise ValueError(f"float ops not in this graph: {', '.join(sorted(unknown)[:3])}")
         cache = self.workdir / f"{self.prepared.stem}-{recipe.method}-{recipe.symmetric}-{len(calibration)}.json"
         output = self.workdir / f"{self.prepared.stem}-int8.onnx"
         quantize_static(

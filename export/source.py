@@ -102,7 +102,6 @@ class Source:
     info: ModelInfo  # the ONNX (NCHW) description; TFLite uses the same with NHWC
     folder: Path  # where artifacts are published
     arch: str | None  # a train/ architecture (QAT rebuilds it); None for a user's own model
-    release: bool  # the release flow (models/<dataset>/model.keras)
 
     def pixels(self, images: np.ndarray) -> np.ndarray:
         """Dataset images as the model takes them (resized, colour-converted) by the runtime's code."""
@@ -196,7 +195,7 @@ def release_source(dataset: str, models_dir: Path, data_dir: str | None) -> Sour
         raise ExportError(f"{path}: no trained model; train it first (python -m train --dataset {dataset})")
     model = load_keras_model(path)
     info = _describe(model, data, data.labels, Preprocessing(), path)
-    return Source(model, path, data, info, folder, _trained_arch(folder), release=True)
+    return Source(model, path, data, info, folder, _trained_arch(folder))
 
 
 def user_source(
@@ -215,7 +214,7 @@ def user_source(
         raise ExportError(f"--labels names {len(labels)} classes, but {data.name} has {data.num_classes}")
     info = _describe(model, data, labels or data.labels, preprocessing, model_path)
     folder = out or model_path.with_suffix("")
-    return Source(_with_probabilities(model, info, data), model_path, data, info, folder, None, release=False)
+    return Source(_with_probabilities(model, info, data), model_path, data, info, folder, None)
 
 
 def _describe(model: keras.Model, data: Dataset, labels, preprocessing: Preprocessing, path: Path) -> ModelInfo:

@@ -7,23 +7,34 @@ file is removed and the target is untouched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Replace ``path`` with ``data`` atomically and durably (text is written as UTF-8)."""
-    payload = data.encode() if isinstance(data, str) else data
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    with atomic_path(path) as partial:
+        partial.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A hidden file beside ``path`` for a library that writes files itself (Keras, matplotlib,
+    NumPy), renamed over ``path`` once the block has written it; removed if the block fails.
+    ``suffix`` ends its name, for writers that choose a format by extension (``.keras``, ``.png``)."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.close(handle)
+    partial = Path(name)
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
+        yield partial
+        with partial.open("rb+") as written:
+            os.fsync(written.fileno())
         os.replace(partial, path)
     except BaseException:
-        Path(partial).unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
 

@@ -10,6 +10,7 @@ import shutil
 
 import keras
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from PIL import Image
@@ -227,3 +228,31 @@ def test_grouped_convolutions_and_exact_gelu_convert_at_the_converter():
     got = session.run(None, {"image": images.transpose(0, 3, 1, 2)})[0]
     np.testing.assert_allclose(got, np.asarray(model(images)), atol=1e-5)
     assert float(np.asarray(keras.activations.gelu(keras.ops.ones(1), approximate=False))[0]) > 0.84  # restored
+
+
+def test_flip_tta_goes_through_accuracy_control(trained_models, small_data_dir, tmp_path):
+    """Equalization rebuilds the model from its config: the TTA wrapper's Mirror layer must load."""
+    out = tmp_path / "out"
+    strict = ("--thresholds", "int8=0:1:0", "--remedies", "equalization", "--tta", "flip")
+    assert export_small(trained_models, small_data_dir, out, "--formats", "onnx_fp32,onnx_int8", *strict) == 1
+    report = json.loads((out / "rejected" / "parity.json").read_text())
+    remedy = next(row for row in report["artifacts"] if row["path"] == "model_int8.onnx")["remedy"]
+    assert remedy["skipped"] == [] and [t["remedy"] for t in remedy["tried"]][-1] == "cross-layer equalization"
+    assert json.loads((out / "manifest.json").read_text())["tta"] == "flip: 2 passes averaged"
+
+
+def test_float_fallback_refuses_op_names_the_graph_does_not_have(tmp_path):
+    """ONNX Runtime ignores unknown names in nodes_to_exclude: a fallback that names the ops of
+    another conversion (tf2onnx numbers some ops anew each time) would quietly keep nothing float."""
+    from export.quantize import Int8Recipe, OnnxQuantizer
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    info = ModelInfo(labels=("a", "b", "c"), height=8, width=8, channels=3, scale=1.0)
+    quantizer = OnnxQuantizer(keras_to_onnx(model, info), tmp_path)
+    images = np.random.default_rng(0).integers(0, 255, (8, 8, 8, 3), dtype=np.uint8)
+    conv = next(n.name for n in onnx.load(quantizer.prepared).graph.node if n.op_type == "Conv")
+    assert quantizer.quantize(images, info, Int8Recipe(float_ops=(conv,)))  # a name of this graph
+    with pytest.raises(ValueError, match="float ops not in this graph: Conv__9999"):
+        quantizer.quantize(images, info, Int8Recipe(float_ops=("Conv__9999",)))

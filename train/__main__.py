@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from runtime.artifacts import default_models_dir
 from runtime.text import printable
 from train.native_logs import import_tensorflow_quietly  # noqa: E402
 
@@ -17,7 +18,6 @@ import_tensorflow_quietly()
 from train.datasets import REGISTRY, DataError, load_dataset  # noqa: E402
 
 log = logging.getLogger("train")
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models"
 QUICK_OUT = Path(__file__).resolve().parent.parent / "runs" / "quick"
 
 
@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        help="output root; files go to OUT/<dataset>/ (default: models/, or runs/quick/ with --quick)",
+        help="output root; files go to OUT/<dataset>/ "
+        "(default: $EDGEPACK_MODELS_DIR or models/, or runs/quick/ with --quick)",
     )
     parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR, then the Keras cache)")
     args = parser.parse_args(argv)
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
         parser.error("--val-fraction must be at least 0 and below 1")
     args.out_given = args.out is not None
-    args.out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
+    args.out = args.out or (QUICK_OUT if args.quick else default_models_dir())
     return args
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.errors import InputError
-from runtime.metadata import ModelInfo
+from runtime.files import atomic_path
 from runtime.preprocess import IMAGE_SUFFIXES, MAX_FILE_BYTES, decode_image, fit_image, read_image_bytes
 
 log = logging.getLogger(__name__)
@@ -358,8 +358,7 @@ def load_image_folder(source: Path, name: str | None = None, labels: tuple[str, 
 def _write_cache(path: Path, dataset: Dataset) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        with partial.open("wb") as handle:
+        with atomic_path(path) as partial, partial.open("wb") as handle:
             np.savez(
                 handle,
                 name=dataset.name,
@@ -369,7 +368,6 @@ def _write_cache(path: Path, dataset: Dataset) -> None:
                 x_test=dataset.x_test,
                 y_test=dataset.y_test,
             )
-        partial.replace(path)
     except OSError as exc:
         log.warning("could not write the decode cache %s (%s)", path, exc)
 
@@ -472,14 +470,6 @@ def _download(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> Dataset:
     if found is None:
         raise DataError(f"{hint}; the download left nothing in {keras_cache_dir()}")
     return found
-
-
-def model_info(dataset: Dataset, **fields) -> ModelInfo:
-    """The runtime metadata describing a model trained on ``dataset`` (NCHW float input in [0, 1])."""
-    height, width, channels = dataset.input_shape
-    return ModelInfo(
-        labels=dataset.labels, height=height, width=width, channels=channels, dataset=dataset.name, **fields
-    )
 
 
 def train_val_split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):

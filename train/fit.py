@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from runtime.environment import cpu_name, library_versions
+from runtime.files import atomic_path, atomic_write
 from runtime.text import first_line
 from train.batches import Augment, Batches
 from train.datasets import DataError, Dataset, subset, train_val_split
@@ -243,15 +244,12 @@ def _read_log(path: Path) -> dict[str, list[float]]:
 
 
 def _atomic_save(model: keras.Model, path: Path) -> None:
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.keras")
-    model.save(partial)
-    partial.replace(path)
+    with atomic_path(path, ".keras") as partial:
+        model.save(partial)
 
 
 def write_json(path: Path, payload: dict) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(payload, indent=2) + "\n")
-    partial.replace(path)
+    atomic_write(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _build(arch: str, data: Dataset, classes: int) -> keras.Model:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,12 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from runtime.files import atomic_path  # noqa: E402
+
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.png")
-    fig.savefig(partial, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    partial.replace(path)
+    try:
+        with atomic_path(path, ".png") as partial:
+            fig.savefig(partial, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 MAX_PREVIEW_CLASSES = 20  # a dataset of 10,000 classes took minutes and gigabytes to draw whole
