@@ -190,7 +190,7 @@ def _status(artifact: dict | None) -> str:
         return "not built"
     if artifact["passed"]:
         return "pass" + ("" if artifact["remedy"] == "none" else f" ({artifact['remedy']})")
-    return "FAIL: " + "; ".join(artifact["failures"])[:80]
+    return "FAIL: " + "; ".join(failure.split(" (")[0] for failure in artifact["failures"])  # rules, not their evidence
 
 
 def _training(row: dict) -> str:
@@ -245,6 +245,9 @@ def render(rows: list[dict], machine: str) -> str:
             ]
             tail = [str(row.get("export_seconds", "")), str(row.get("peak_rss_mb", ""))] if i == 0 else ["", ""]
             lines.append("| " + " | ".join(first + figures + tail) + " |")
+    missing = [name for name in FAMILIES if name not in {row["family"] for row in rows}]
+    if missing:
+        lines += ["", f"Not measured yet (`make zoo` measures what has no row): {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
 
 
