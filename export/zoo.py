@@ -7,7 +7,7 @@ four artifacts, the default gate and accuracy control), and writes ``docs/result
 family, whether it converts, each int8 artifact's status, accuracy delta, drop bound, drift, size
 ratio to fp32, ops left in float, export time and the export's peak memory.
 
-Each family runs in a child process of its own, so one family's crash or memory use costs only
+Each family's export runs in a child process of its own, so its crash or memory use costs only
 its row, and the peak memory measured is that export's alone. Rows are kept under ``--work``
 (one JSON file per family); a rerun skips the families already measured unless ``--again``.
 """
@@ -140,11 +140,16 @@ def export_child(argv: list[str], usage_file: Path) -> int:
     return code
 
 
+def _slug(family: str) -> str:
+    """A family's name as a file name (``MobileNetV3Small minimalistic``)."""
+    return family.replace(" ", "_")
+
+
 def run_family(name: str, args: argparse.Namespace) -> dict:
     """Train and export one family; its row of the report."""
     from train.datasets import load_dataset
 
-    folder = args.work / name.replace(" ", "_")
+    folder = args.work / _slug(name)
     folder.mkdir(parents=True, exist_ok=True)
     data = load_dataset("cifar10", args.data_dir)
     row = {"family": name, **train_briefly(name, data, args.train_images, args.epochs, folder / "model.keras")}
@@ -219,7 +224,8 @@ def render(rows: list[dict], machine: str) -> str:
     ]
     for row in rows:
         artifacts = row.get("artifacts", {})
-        converts = "yes" if artifacts.get("onnx_fp32", {}).get("passed") and artifacts.get("tflite_fp32") else "no"
+        fp32 = [artifacts.get(name, {}).get("passed") for name in ("onnx_fp32", "tflite_fp32")]
+        converts = "yes" if all(fp32) else "no"
         converts = f"no: {row['error']}" if "error" in row else converts
         for i, name in enumerate(("onnx_int8", "tflite_int8")):
             a = artifacts.get(name)
@@ -280,7 +286,7 @@ def main(argv: list[str] | None = None, run: Callable[[str, argparse.Namespace],
     rows_dir = args.work / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
     for name in args.families:
-        row_file = rows_dir / f"{name.replace(' ', '_')}.json"
+        row_file = rows_dir / f"{_slug(name)}.json"
         if row_file.is_file() and not args.again:
             continue
         log.info("zoo: %s", name)
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None, run: Callable[[str, argparse.Namespace],
         except Exception as exc:  # one family's failure is its row, not the end of the zoo
             row = {"family": name, "error": f"{type(exc).__name__}: {exc}"[:300], "artifacts": {}}
         atomic_write(row_file, json.dumps(row, indent=1).encode())
-    found = [rows_dir / f"{n.replace(' ', '_')}.json" for n in FAMILIES]
+    found = [rows_dir / f"{_slug(n)}.json" for n in FAMILIES]
     rows = [json.loads(path.read_text()) for path in found if path.is_file()]
     atomic_write(args.report, render(rows, args.machine or "not stated").encode())
     log.info("wrote %s (%d families)", args.report, len(rows))
