@@ -8,7 +8,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help train export bench bench-quick zoo demo browser test lint format clean
+.PHONY: help train export bench bench-quick zoo demo browser test docs lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,14 +47,17 @@ browser: ## install Debian's chromium for the browser test (once)
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || \
 		echo "warning: could not install chromium; the browser test will be skipped"
 
-test: $(VENV)/.stamp-train,demo,dev browser ## run the test suite
+test: $(VENV)/.stamp-train,demo,dev,docs browser ## run the test suite (the docs site's strict build included)
 	$(PY) -m pytest
 
-lint: $(VENV)/.stamp-train,demo,dev ## ruff lint and format check
+docs: $(VENV)/.stamp-docs ## build the documentation site strictly into runs/site (docs/, mkdocs.yml)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+lint: $(VENV)/.stamp-train,demo,dev,docs ## ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: $(VENV)/.stamp-train,demo,dev ## apply ruff's fixes and formatting
+format: $(VENV)/.stamp-train,demo,dev,docs ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 

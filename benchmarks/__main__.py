@@ -11,6 +11,7 @@ from pathlib import Path
 from benchmarks.bench import BenchConfig, BenchError, benchmark
 from benchmarks.report import write_reports
 from runtime.artifacts import MANIFEST, default_models_dir
+from runtime.files import ensure_writable
 
 log = logging.getLogger("benchmarks")
 
@@ -89,7 +90,8 @@ def dataset_folders(models_dir: Path, dataset: str) -> list[Path]:
 
 def test_images(dataset: str, data_dir: str | None):
     """The dataset's test images for the folder step, or None (with a note) where there is no data."""
-    from train.datasets import DataError, load_dataset
+    from train.datasets import load_dataset
+    from train.errors import DataError
 
     try:
         return load_dataset(dataset, data_dir).x_test
@@ -106,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not models_dir.is_dir():
             raise BenchError(f"{models_dir}: no such models folder")
+        try:
+            ensure_writable(args.out)
+        except OSError as exc:
+            raise BenchError(f"{args.out}: cannot write the reports there ({exc.strerror or exc})") from None
         for folder in dataset_folders(models_dir, args.dataset):
             paths = write_reports(benchmark(folder, config, test_images(folder.name, args.data_dir)), args.out)
             print(f"{folder.name}: " + ", ".join(str(p) for p in paths))

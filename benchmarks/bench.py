@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from benchmarks.coldstart import cold_start, write_sample_image
-from benchmarks.contenders import Contender, discover
+from benchmarks.contenders import BY_KEY, RUNTIME_KEY, Contender, discover
 from benchmarks.folder import all_cores, folder_throughput
 from benchmarks.stats import summarize
 from runtime.environment import library_versions, machine_info
@@ -89,8 +89,8 @@ def benchmark(folder: Path, config: BenchConfig, test_images=None) -> dict:
     contenders, skipped = discover(folder)
     if not contenders:
         raise BenchError(f"{folder}: nothing to benchmark ({'; '.join(skipped) or 'empty folder'})")
-    onnx_int8 = folder / "model_int8.onnx"
-    cold = any(c.key == "ort_int8" for c in contenders)
+    onnx_int8 = folder / BY_KEY[RUNTIME_KEY].filename  # what `python -m runtime.classify` loads
+    cold = any(c.key == RUNTIME_KEY for c in contenders)
     workers = sorted({1, all_cores()})
     folder_step = cold and test_images is not None and config.folder_images > 0
     total = len(contenders) * len(config.threads) * len(config.batch_sizes) + (3 * config.cold_runs if cold else 0)

@@ -1,20 +1,23 @@
 """The contenders of a benchmark: which model files compete, and how each is loaded and called.
 
-A contender turns NxHxWxC uint8 pixels into probabilities. ``prepare`` is what happens once per
-batch outside the timed call (nothing, for the runtime: its own preprocessing is part of what
-users pay), ``call`` is what is timed. The bare ONNX Runtime session gets its input prepared
-beforehand, so the difference to the runtime is the runtime's own overhead.
+The Keras model competes two ways (``predict`` and a plain call); every exported artifact competes
+through each runner its format declares (``export.formats``). A contender turns NxHxWxC uint8
+pixels into probabilities. ``prepare`` is what happens once per batch outside the timed call
+(nothing, for the runtime: its own preprocessing is part of what users pay), ``call`` is what is
+timed. The bare ONNX Runtime session gets its input prepared beforehand, so the difference to
+the runtime is the runtime's own overhead.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from export.formats import FORMATS
+from export.formats.base import Loaded
 from runtime.artifacts import MANIFEST
 
 
@@ -22,25 +25,39 @@ from runtime.artifacts import MANIFEST
 class Contender:
     key: str
     label: str
-    kind: str  # keras_predict, keras_call, litert, ort_runtime, ort_bare
+    kind: str  # keras_predict, keras_call, or one of a format's runners (export.formats.base.BenchRunner)
     runtime: str  # the library that runs it, for memory figures and grouping
     precision: str
     filename: str
+    format: str | None = None  # the exported format, None for the Keras model itself
+
+
+def _exported() -> list[Contender]:
+    """Every runner of every format on each of its post-training artifacts, from the registry."""
+    return [
+        Contender(
+            runner.key.format(precision=spec.precision),
+            runner.label.format(precision=spec.precision),
+            runner.kind,
+            runner.runtime,
+            spec.precision,
+            spec.filename,
+            spec.format,
+        )
+        for fmt in FORMATS.values()
+        for runner in fmt.bench_runners
+        for spec in fmt.artifacts
+        if spec.quantization != "qat"
+    ]
 
 
 CONTENDERS = (
     Contender("keras_predict", "Keras predict", "keras_predict", "keras", "fp32", "model.keras"),
     Contender("keras_call", "Keras call", "keras_call", "keras", "fp32", "model.keras"),
-    Contender("litert_fp32", "LiteRT fp32", "litert", "litert", "fp32", "model_fp32.tflite"),
-    Contender("litert_fp16", "LiteRT fp16", "litert", "litert", "fp16", "model_fp16.tflite"),
-    Contender("litert_dynamic", "LiteRT dynamic", "litert", "litert", "dynamic", "model_dynamic.tflite"),
-    Contender("litert_int8", "LiteRT int8", "litert", "litert", "int8", "model_int8.tflite"),
-    Contender("ort_fp32", "ORT fp32 (runtime)", "ort_runtime", "onnxruntime", "fp32", "model_fp32.onnx"),
-    Contender("ort_int8", "ORT int8 (runtime)", "ort_runtime", "onnxruntime", "int8", "model_int8.onnx"),
-    Contender("ort_bare_fp32", "ORT fp32 (bare session)", "ort_bare", "onnxruntime", "fp32", "model_fp32.onnx"),
-    Contender("ort_bare_int8", "ORT int8 (bare session)", "ort_bare", "onnxruntime", "int8", "model_int8.onnx"),
+    *_exported(),
 )
 BY_KEY = {c.key: c for c in CONTENDERS}
+RUNTIME_KEY = "ort_int8"  # the runtime's own shipped artifact: cold start and folder throughput run it
 
 
 def discover(folder: Path) -> tuple[list[Contender], list[str]]:
@@ -68,24 +85,13 @@ def discover(folder: Path) -> tuple[list[Contender], list[str]]:
     return found, skipped
 
 
-@dataclass
-class Runner:
-    """A loaded contender: the input shape it takes, and its untimed and timed halves."""
-
-    shape: tuple[int, int, int]  # height, width, channels
-    prepare: Callable[[np.ndarray], object]
-    call: Callable[[object], object]
-
-
-def load(contender: Contender, path: Path, threads: int) -> Runner:
-    loaders = {
-        "keras_predict": _keras,
-        "keras_call": _keras,
-        "litert": _litert,
-        "ort_runtime": _ort_runtime,
-        "ort_bare": _ort_bare,
-    }
-    return loaders[contender.kind](contender, path, threads)
+def load(contender: Contender, path: Path, threads: int) -> Loaded:
+    """The contender's file loaded, ready for its untimed ``prepare`` and timed ``call``."""
+    if contender.format is None:
+        return _keras(contender, path)
+    fmt = FORMATS[contender.format]
+    runner = next(r for r in fmt.bench_runners if r.kind == contender.kind)
+    return fmt.load_for_bench(runner, path, threads)
 
 
 def import_runtime(contender: Contender, threads: int) -> None:
@@ -105,7 +111,7 @@ def import_runtime(contender: Contender, threads: int) -> None:
         import onnxruntime  # noqa: F401
 
 
-def _keras(contender: Contender, path: Path, threads: int) -> Runner:
+def _keras(contender: Contender, path: Path) -> Loaded:
     import keras
 
     model = keras.models.load_model(path, compile=False)
@@ -115,36 +121,5 @@ def _keras(contender: Contender, path: Path, threads: int) -> Runner:
         return pixels.astype(np.float32) / 255.0
 
     if contender.kind == "keras_predict":
-        return Runner((height, width, channels), prepare, lambda x: model.predict(x, batch_size=len(x), verbose=0))
-    return Runner((height, width, channels), prepare, lambda x: model(x, training=False).numpy())
-
-
-def _litert(contender: Contender, path: Path, threads: int) -> Runner:
-    from export.litert import LiteRTModel
-    from runtime.metadata import ModelInfo
-
-    info = ModelInfo.from_json(path.with_name(path.name + ".json").read_text(), str(path))
-    model = LiteRTModel(path, info, threads)
-    return Runner((info.height, info.width, info.channels), lambda pixels: pixels, lambda x: model.run(x, len(x)))
-
-
-def _ort_runtime(contender: Contender, path: Path, threads: int) -> Runner:
-    from runtime.classifier import Classifier
-
-    classifier = Classifier(path, threads=threads, batch_size=1 << 16)
-    info = classifier.info
-    return Runner((info.height, info.width, info.channels), lambda pixels: pixels, classifier.run)
-
-
-def _ort_bare(contender: Contender, path: Path, threads: int) -> Runner:
-    from runtime.classifier import open_session, read_model_info
-    from runtime.preprocess import normalize
-
-    session = open_session(path, threads)
-    info = read_model_info(session, path)
-    name = session.get_inputs()[0].name
-    return Runner(
-        (info.height, info.width, info.channels),
-        lambda pixels: normalize(pixels, info),
-        lambda x: session.run(None, {name: x}),
-    )
+        return Loaded((height, width, channels), prepare, lambda x: model.predict(x, batch_size=len(x), verbose=0))
+    return Loaded((height, width, channels), prepare, lambda x: model(x, training=False).numpy())

@@ -19,8 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from benchmarks.contenders import BY_KEY, Runner, import_runtime, load  # noqa: E402
+from benchmarks.contenders import BY_KEY, import_runtime, load  # noqa: E402
 from benchmarks.stats import measure  # noqa: E402
+from export.formats.base import Loaded  # noqa: E402
 
 
 def sample_pixels(shape: tuple[int, int, int], batch: int, seed: int) -> np.ndarray:
@@ -33,7 +34,7 @@ def emit(record: dict) -> None:
     sys.stdout.flush()
 
 
-def load_timed(key: str, path: str, threads: int) -> tuple[Runner, float]:
+def load_timed(key: str, path: str, threads: int) -> tuple[Loaded, float]:
     contender = BY_KEY[key]
     import_runtime(contender, threads)
     start = time.perf_counter()

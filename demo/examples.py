@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from train.datasets import DATA_DIR_ENV, REGISTRY, DataError, cache_dir
+from train.datasets import DATA_DIR_ENV, REGISTRY, cache_dir
+from train.errors import DataError
 
 log = logging.getLogger(__name__)
 

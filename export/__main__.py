@@ -14,26 +14,19 @@ import warnings
 from pathlib import Path
 
 from runtime.artifacts import default_models_dir
+from runtime.native_logs import import_tensorflow_quietly  # noqa: E402
 from runtime.text import printable
-from train.native_logs import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
 
 from export.accuracy_control import REMEDIES, ControlSettings  # noqa: E402
+from export.errors import ExportError  # noqa: E402
+from export.formats import DEFAULT_ARTIFACTS  # noqa: E402
 from export.parity import THRESHOLD_SYNTAX, parse_thresholds  # noqa: E402
-from export.pipeline import (  # noqa: E402
-    ARTIFACTS,
-    DEFAULT_CALIBRATION_SAMPLES,
-    DEFAULT_FORMATS,
-    ExportConfig,
-    Release,
-    export,
-)
-from export.publish import PublishError  # noqa: E402
+from export.pipeline import DEFAULT_CALIBRATION_SAMPLES, ExportConfig, Release, export  # noqa: E402
 from export.quantize import CALIBRATION_METHODS  # noqa: E402
 from export.report import status_rows, status_text  # noqa: E402
 from export.source import (  # noqa: E402
-    ExportError,
     Preprocessing,
     Source,
     import_user_module,
@@ -42,7 +35,8 @@ from export.source import (  # noqa: E402
 )
 from export.tta import TTA_CHOICES  # noqa: E402
 from runtime.errors import RuntimeFailure  # noqa: E402
-from train.datasets import REGISTRY, DataError  # noqa: E402
+from train.datasets import REGISTRY  # noqa: E402
+from train.errors import DataError  # noqa: E402
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -67,8 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--formats",
-        default=",".join(DEFAULT_FORMATS),
-        help=f"comma-separated artifacts out of {', '.join(DEFAULT_FORMATS)} (default: all of them)",
+        default=",".join(DEFAULT_ARTIFACTS),
+        help=f"comma-separated artifacts out of {', '.join(DEFAULT_ARTIFACTS)} (default: all of them)",
     )
     parser.add_argument(
         "--out",
@@ -182,9 +176,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR, then the Keras cache)")
     args = parser.parse_args(joined_negative_values(sys.argv[1:] if argv is None else argv))
     args.formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    unknown = [f for f in args.formats if f not in ARTIFACTS or "qat" in f]
+    unknown = [f for f in args.formats if f not in DEFAULT_ARTIFACTS]
     if unknown or not args.formats:
-        parser.error(f"unknown --formats {unknown}; choose from {', '.join(DEFAULT_FORMATS)}")
+        parser.error(f"unknown --formats {unknown}; choose from {', '.join(DEFAULT_ARTIFACTS)}")
     try:
         args.thresholds = parse_thresholds(args.thresholds)
     except ValueError as exc:
@@ -304,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         for load in sources(args):
             source = load()
             all_passed &= report(export(source, config), source.data.name)
-    except (ExportError, DataError, RuntimeFailure, PublishError) as exc:
+    except (ExportError, DataError, RuntimeFailure) as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # the disk filled up or a folder turned read-only mid-run

@@ -36,15 +36,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
-from export.artifacts import ARTIFACTS, ArtifactSpec, evaluator, float_reference
-from export.diagnose import LayerError, onnx_layer_errors, short_name, tflite_layer_errors, worst_first
+from export.diagnose import LayerError, short_name, worst_first
+from export.formats import ARTIFACTS, format_of, fp32_of
+from export.formats.base import ArtifactSpec
+from export.formats.base import Builder as FormatBuilder
 from export.parity import Figures, ParityResult, Threshold, measure
-from export.quantize import Int8Factory, Int8Recipe
+from export.quantize import Int8Recipe
 from export.sampling import validation_indices
-from export.source import Source
-from runtime.metadata import ModelInfo
 from runtime.text import one_line
 
 log = logging.getLogger(__name__)
@@ -58,22 +56,16 @@ class SampleSettings(Protocol):
     calibration_samples: int | None
 
 
-class Builder(Protocol):
-    """What accuracy control needs from an export run (``export.pipeline.Builder`` is one): the
-    model and data, a staging folder, and a way to rebuild an artifact from another recipe."""
+class Builder(FormatBuilder, Protocol):
+    """What accuracy control needs from an export run (``export.pipeline.Builder`` is one): what
+    formats build from, a staging folder, and a way to rebuild an artifact from another recipe."""
 
-    source: Source
     config: SampleSettings
     staging: Path
-    int8: Int8Factory
 
     def build(self, name: str, int8: Int8Recipe | None = None) -> Path: ...
 
     def default_int8(self) -> Int8Recipe: ...
-
-    def info_for(self, spec: ArtifactSpec, remedy: dict | None = None) -> ModelInfo: ...
-
-    def calibration_for(self, samples: int | None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -122,17 +114,13 @@ class Validation:
         chosen = validation_indices(len(data.x_train), min(samples, len(data.x_train)), builder.config.seed)
         self.images = data.x_train[chosen]
         self.targets = data.y_train[chosen]
-        self.reference = float_reference(builder.source, builder.source.pixels(self.images))
+        self.reference = builder.source.probabilities(builder.source.pixels(self.images))
 
 
 def layer_errors(builder: Builder, name: str, path: Path, recipe: Int8Recipe) -> list[LayerError]:
     """The per-layer report of the int8 artifact ``name`` built from ``recipe`` at ``path``."""
     spec = ARTIFACTS[name]
-    info = builder.info_for(spec)
-    images = builder.calibration_for(recipe.samples)
-    if spec.format == "onnx":
-        return onnx_layer_errors(builder.int8.onnx_quantizer(recipe, info).prepared, path, images, info)
-    return tflite_layer_errors(builder.int8.calibrated(recipe, info), path.read_bytes(), images, info)
+    return format_of(spec).layer_errors(builder, spec, recipe, path, builder.calibration_for(recipe.samples))
 
 
 def safe_layer_errors(builder: Builder, name: str, path: Path, recipe: Int8Recipe) -> list[LayerError]:
@@ -156,9 +144,8 @@ def control_accuracy(
     spec = ARTIFACTS[name]
     path = builder.staging / spec.filename
     validation = Validation(builder, settings.validation_samples)
-    run = evaluator(spec, builder.info_for(spec))
     plain = builder.default_int8()
-    errors = safe_layer_errors(builder, name, path, plain) if spec.precision == "int8" else []
+    errors = safe_layer_errors(builder, name, path, plain) if spec.post_training_int8 else []
     worst = worst_first(errors)
     if worst:
         log.info(
@@ -179,7 +166,8 @@ def control_accuracy(
             log.warning("  %s: skipped (%s)", remedy, one_line(exc, 200))
             skipped.append({"remedy": remedy, "reason": one_line(exc, 300)})
             return None
-        figures = measure(run(path, validation.images), validation.reference, validation.targets)
+        run = format_of(spec).predictor(path, builder.info_for(spec))
+        figures = measure(run(validation.images), validation.reference, validation.targets)
         passes = not figures.failures(threshold)
         log.info(
             "  %s: validation accuracy %.2f%% (%+.2f pp), confident agreement %.2f%%: %s",
@@ -197,7 +185,7 @@ def control_accuracy(
         return trial(remedy, recipe)
 
     tried = [trial("plain post-training int8", plain)]
-    fp32_bytes = _fp32_bytes(builder, spec.format)
+    fp32_bytes = _fp32_bytes(builder, spec)
     size_limit = max(settings.max_size_share, tried[0].bytes / fp32_bytes + settings.min_size_headroom) * fp32_bytes
     try:
         chosen = _search(builder, name, plain, settings, worst, size_limit, tried, within_budget)
@@ -238,15 +226,17 @@ def _search(
 ) -> Trial | None:
     """The remedies in order of cost, until one would pass (appending each to ``tried``)."""
     spec, chosen = ARTIFACTS[name], None
-    if spec.precision == "int8" and "calibration" in settings.remedies:  # dynamic-range ones are not calibrated
+    remedies = [r for r in settings.remedies if r in format_of(spec).remedies(spec)]
+    if "calibration" in remedies:
         available = len(builder.source.data.x_train)
-        for label, recipe in _calibration_choices(spec.format, plain, builder.config.calibration_samples, available):
+        choices = _calibration_choices(spec, plain, builder.config.calibration_samples, available)
+        for label, recipe in choices:
             outcome = trial(label, recipe)
             tried += [outcome] if outcome else []
             if outcome and outcome.passes:
                 chosen = outcome
                 break
-    if chosen is None and "equalization" in settings.remedies:
+    if chosen is None and "equalization" in remedies:
         base = _best(tried)
         equalized = trial("cross-layer equalization", replace(plain, equalize=True))
         tried += [equalized] if equalized else []
@@ -254,7 +244,7 @@ def _search(
             combined = trial(f"cross-layer equalization + {base.remedy}", replace(base.recipe, equalize=True))
             tried += [combined] if combined else []
         chosen = next((t for t in tried if t.passes), None)
-    if chosen is None and "fallback" in settings.remedies and spec.precision == "int8":
+    if chosen is None and "fallback" in remedies:
         base = _best(tried)
         if base.recipe.equalize != plain.equalize:  # another graph, whose ops have other names
             worst = _worst_of(builder, name, base.recipe)
@@ -269,16 +259,12 @@ def _worst_of(builder: Builder, name: str, recipe: Int8Recipe) -> list[LayerErro
     return worst_first(safe_layer_errors(builder, name, path, recipe))
 
 
-def _calibration_choices(fmt: str, plain: Int8Recipe, samples: int, available: int) -> list[tuple[str, Int8Recipe]]:
-    """Calibration variants in order of cost; TFLite's calibrator only varies in sample size."""
+def _calibration_choices(
+    spec: ArtifactSpec, plain: Int8Recipe, samples: int, available: int
+) -> list[tuple[str, Int8Recipe]]:
+    """Calibration variants in order of cost: the format's own, then a larger sample."""
     larger = min(available, max(2 * samples, 2000))
-    choices = []
-    if fmt == "onnx":
-        choices += [
-            ("percentile calibration", replace(plain, method="percentile")),
-            ("symmetric activations", replace(plain, symmetric=True)),
-            ("entropy calibration", replace(plain, method="entropy")),
-        ]
+    choices = format_of(spec).calibration_choices(plain)
     if larger > samples:
         choices.append((f"{larger} calibration images", replace(plain, samples=larger)))
     return choices
@@ -338,10 +324,10 @@ def _fallback(
     return None
 
 
-def _fp32_bytes(builder: Builder, fmt: str) -> int:
+def _fp32_bytes(builder: Builder, spec: ArtifactSpec) -> int:
     """The size of the fp32 artifact of this format (built if this run did not ask for it)."""
-    name = f"{fmt}_fp32"
-    path = builder.staging / ARTIFACTS[name].filename
+    fp32 = fp32_of(spec)
+    path = builder.staging / fp32.filename
     if not path.is_file():
-        builder.build(name)
+        builder.build(fp32.name)
     return path.stat().st_size

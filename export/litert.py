@@ -8,8 +8,8 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from runtime.metadata import ModelInfo
+from runtime.native_logs import native_notices_filtered
 from runtime.preprocess import normalize
-from train.native_logs import native_notices_filtered
 
 
 class LiteRTModel:

@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from train.native_logs import import_tensorflow_quietly  # noqa: E402
+from export.errors import OutlierError  # noqa: E402
+from runtime.native_logs import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
 
@@ -24,10 +25,6 @@ import numpy as np  # noqa: E402
 
 from export.equalize import find_pairs, rescale_consumer, rescale_producer  # noqa: E402
 from runtime.files import atomic_path  # noqa: E402
-
-
-class OutlierError(Exception):
-    """The model has no layer pair where an outlier channel can be made without changing it."""
 
 
 def add_outlier_channel(model: keras.Model, factor: float = 1000.0, channel: int = 0) -> str:

@@ -15,24 +15,23 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import keras
 import numpy as np
-import onnx
 from tqdm import tqdm
 
 from export.accuracy_control import ControlSettings, control_accuracy, diagnose
-from export.artifacts import ARTIFACTS, DEFAULT_FORMATS, QAT_FORMATS, ArtifactSpec, evaluator, float_reference
+from export.errors import ExportError
+from export.formats import ARTIFACTS, DEFAULT_ARTIFACTS, QAT_ARTIFACTS, format_of, release_rank
+from export.formats.base import ArtifactSpec
 from export.latency import batch1_latency_ms
-from export.litert import LiteRTModel
-from export.onnx_export import count_ops, keras_to_onnx, store_weights_as_int8
 from export.parity import CONFIDENT_MARGIN, DEFAULT_THRESHOLDS, DRIFT_PERCENTILE, ParityResult, Threshold, compare
 from export.publish import manifest_entry, output_folder, publish, still_valid_entries
-from export.quantize import REDUCE_RANGE, Int8Factory, Int8Recipe
+from export.quantize import Int8Recipe
 from export.report import parity_json, parity_markdown, plot_confusion, plot_layer_errors
 from export.sampling import calibration_indices
-from export.source import ExportError, Source
+from export.source import Source
 from export.tta import with_flip_tta
 from runtime.artifacts import MANIFEST, read_manifest, sha256_of
-from runtime.classifier import Classifier
 from runtime.environment import library_versions
 from runtime.errors import ModelError
 from runtime.metadata import ModelInfo
@@ -47,7 +46,7 @@ WORSE_RELEASE_MARGIN_PP = 1.0  # a new model this much less accurate than the re
 
 @dataclass
 class ExportConfig:
-    formats: tuple[str, ...] = DEFAULT_FORMATS
+    formats: tuple[str, ...] = DEFAULT_ARTIFACTS
     qat: bool = False
     qat_epochs: int = 1
     calibration_samples: int | None = None  # None: DEFAULT_CALIBRATION_SAMPLES, or the whole training split if smaller
@@ -77,16 +76,21 @@ def calibration_sample(source: Source, samples: int, seed: int) -> np.ndarray:
 
 
 class Builder:
-    """Writes candidate artifacts into the staging folder, converting shared pieces once."""
+    """Writes candidate artifacts into the staging folder through their formats, converting what
+    they share once (the equalized model, the QAT model, each format's own cache)."""
 
     def __init__(self, source: Source, calibration: np.ndarray, config: ExportConfig, staging: Path) -> None:
         self.source, self.calibration, self.config, self.staging = source, calibration, config, staging
-        workdir = staging / ".work"
-        workdir.mkdir(exist_ok=True)
-        self.int8 = Int8Factory(source.model, self.fp32_onnx, self.calibration_for, source.inputs, workdir)
-        self._fp32_onnx: onnx.ModelProto | None = None
+        self.workdir = staging / ".work"
+        self.workdir.mkdir(exist_ok=True)
+        self._caches: dict[str, dict] = {}
+        self._equalized: tuple[keras.Model, list] | None = None
         self._qat_model = None
         self._qat_reference: np.ndarray | None = None
+
+    def cache(self, owner: str) -> dict:
+        """A dict ``owner`` (a format) keeps its converted pieces in for this run."""
+        return self._caches.setdefault(owner, {})
 
     def calibration_for(self, samples: int | None) -> np.ndarray:
         """The export's calibration images, or another seeded training sample of ``samples``."""
@@ -95,34 +99,31 @@ class Builder:
         return calibration_sample(self.source, samples, self.config.seed)
 
     def info_for(self, spec: ArtifactSpec, remedy: dict | None = None) -> ModelInfo:
+        fmt = format_of(spec)
         extra = {**self.source.info.extra, "quantization": spec.quantization}
-        if spec.quantization == "ptq" and spec.precision == "int8":
+        if spec.post_training_int8:
             extra["calibration"] = {
                 "samples": len(self.calibration),
                 "method": self.config.calibration_method,
                 "split": "train",
                 "seed": self.config.seed,
             }
-            if spec.format == "onnx":
-                extra["first_conv"] = "float"  # see export.quantize.OnnxQuantizer.first_conv
-                extra["weights"] = "int8 per channel, 7-bit range" if REDUCE_RANGE else "int8 per channel"
+        extra |= fmt.info_extra(spec)
         if remedy:
             extra["remedy"] = remedy
-        return replace(
-            self.source.info,
-            precision=spec.precision,
-            extra=extra,
-            layout="NCHW" if spec.format == "onnx" else "NHWC",
-        )
+        return replace(self.source.info, precision=spec.precision, extra=extra, layout=fmt.layout)
 
-    def fp32_onnx(self) -> onnx.ModelProto:
-        if self._fp32_onnx is None:
-            self._fp32_onnx = keras_to_onnx(self.source.model, self.info_for(ARTIFACTS["onnx_fp32"]))
-            ops = count_ops(self._fp32_onnx)
-            log.info("ONNX fp32 graph: %s", ops)
-            if ops.get("Transpose", 0):
-                log.warning("the ONNX graph keeps %d Transpose node(s)", ops["Transpose"])
-        return self._fp32_onnx
+    def equalized(self) -> tuple[keras.Model, list]:
+        """The cross-layer-equalized model and the pairs it rescaled (see ``export.equalize``)."""
+        if self._equalized is None:
+            from export.equalize import equalize
+
+            self._equalized = equalize(self.source.model, self.source.inputs(self.calibration))
+        return self._equalized
+
+    def keras_model(self, recipe: Int8Recipe) -> keras.Model:
+        """The float model ``recipe`` quantizes: the equalized one, or the export's own."""
+        return self.equalized()[0] if recipe.equalize else self.source.model
 
     def qat_model(self):
         if self._qat_model is None:
@@ -136,7 +137,7 @@ class Builder:
     def qat_reference(self, test_pixels: np.ndarray) -> np.ndarray:
         """The fine-tuned QAT model's own probabilities: what its conversions must reproduce."""
         if self._qat_reference is None:
-            self._qat_reference = float_reference(self.source, test_pixels, self.qat_model())
+            self._qat_reference = self.source.probabilities(test_pixels, self.qat_model())
         return self._qat_reference
 
     def default_int8(self) -> Int8Recipe:
@@ -149,22 +150,7 @@ class Builder:
         path = self.staging / spec.filename
         int8 = int8 or self.default_int8()
         info = self.info_for(spec, int8.describe() if int8 != self.default_int8() else None)
-        if spec.quantization == "ptq" and spec.precision == "int8":
-            self.int8.build(spec.format, int8, info, path)
-        elif name == "onnx_fp32":
-            onnx.save(self.fp32_onnx(), path)
-        elif name == "onnx_qat_int8":
-            proto = keras_to_onnx(self.qat_model(), info)
-            store_weights_as_int8(proto)
-            onnx.checker.check_model(proto, full_check=True)
-            onnx.save(proto, path)
-        else:
-            from export.tflite_export import keras_to_tflite
-
-            model = self.qat_model() if spec.quantization == "qat" else self.int8.keras_model(int8)
-            path.write_bytes(keras_to_tflite(model, spec.precision, self.calibration, info))
-        if spec.format == "tflite":
-            path.with_name(path.name + ".json").write_text(info.to_json() + "\n")
+        format_of(spec).build(self, spec, int8, info, path)
         return path
 
 
@@ -191,7 +177,7 @@ def _check_not_worse(source: Source, float_accuracy: float, sha256: str, config:
 
 def export(source: Source, config: ExportConfig) -> Release:
     """Build, gate and publish one model's artifacts."""
-    names = list(config.formats) + (list(QAT_FORMATS) if config.qat else [])
+    names = list(config.formats) + (list(QAT_ARTIFACTS) if config.qat else [])
     if config.qat and source.arch is None:
         raise ExportError(
             f"{source.model_path}: --qat rebuilds a train/ architecture in tf_keras, and this model has none "
@@ -210,7 +196,7 @@ def export(source: Source, config: ExportConfig) -> Release:
     with output_folder(source.folder, config.force) as workspace:
         staging = workspace.staging
         test_pixels = source.pixels(source.data.x_test)
-        reference = float_reference(source, test_pixels)
+        reference = source.probabilities(test_pixels)
         float_accuracy = float(np.mean(reference.argmax(1) == source.data.y_test))
         sha256 = sha256_of(source.model_path)
         log.info("%s: float model test accuracy %.2f%%", source.data.name, 100 * float_accuracy)
@@ -237,7 +223,7 @@ def export(source: Source, config: ExportConfig) -> Release:
         manifest = None
         if publishing:
             entries = [manifest_entry(r, staging) for r in passed] + carried
-            entries.sort(key=lambda e: _release_rank(e["path"]))
+            entries.sort(key=lambda e: release_rank(e["path"]))
             manifest = {key: context[key] for key in context} | {"artifacts": entries}
         published, rejected = publish(workspace, results, config.all_or_nothing, manifest)
     return Release(source.folder, results, published, rejected, latency, carried if manifest else [])
@@ -262,10 +248,10 @@ def _gate_one(
         log.warning("%s: %s", spec.filename, reason)
         (builder.staging / spec.filename).unlink(missing_ok=True)
         return unbuilt(name, spec, reason, config.thresholds[spec.precision]), None
-    run = evaluator(spec, builder.info_for(spec))
+    run = format_of(spec).predictor(path, builder.info_for(spec))
     qat_source = builder.qat_reference(test_pixels) if spec.quantization == "qat" else None
     threshold = config.thresholds[spec.precision]
-    probabilities = run(path, source.data.x_test)
+    probabilities = run(source.data.x_test)
     describe = dict(name=name, path=spec.filename, format=spec.format, precision=spec.precision)
     result = compare(
         probabilities,
@@ -277,12 +263,11 @@ def _gate_one(
         bytes=path.stat().st_size,
         **describe,
     )
-    post_training_int8 = spec.precision == "int8" and spec.quantization == "ptq"
-    repairable = spec.precision in ("int8", "dynamic") and spec.quantization == "ptq"
-    if not result.passed and repairable and config.control.enabled:
+    if not result.passed and format_of(spec).remedies(spec) and config.control.enabled:
         log.info("%s fails the gate (%s): trying remedies", spec.filename, "; ".join(result.failures))
         repaired = control_accuracy(builder, name, threshold, config.control, result)
-        probabilities = run(path, source.data.x_test)  # the final gate on the full test split
+        run = format_of(spec).predictor(path, builder.info_for(spec))  # the file was rebuilt
+        probabilities = run(source.data.x_test)  # the final gate on the full test split
         result = compare(
             probabilities,
             reference,
@@ -294,7 +279,7 @@ def _gate_one(
         )
         result.remedy = repaired
         result.layer_errors = repaired.pop("layer_errors", [])
-    elif post_training_int8 and (config.control.diagnose or not result.passed):
+    elif spec.post_training_int8 and (config.control.diagnose or not result.passed):
         diagnose(builder, name, path, result)
     log.info(
         "%s: accuracy %.2f%% (%+.3f pp, bound %.2f pp), confident agreement %.2f%%, drift %.3f (%.0f s)%s",
@@ -357,11 +342,8 @@ def disk_full(exc: BaseException, folder: Path) -> bool:
 def _latency(spec: ArtifactSpec, builder: Builder, path: Path, test_pixels: np.ndarray) -> float:
     """Batch-1 latency (median, one thread) of the artifact as users run it: cheap, informative."""
     try:
-        if spec.format == "onnx":
-            classifier = Classifier(path, threads=1)
-            return batch1_latency_ms(lambda x: classifier.run(x), test_pixels[:1])
-        model = LiteRTModel(path, builder.info_for(spec), threads=1)
-        return batch1_latency_ms(lambda x: model.run(x), test_pixels[:1])
+        run = format_of(spec).predictor(path, builder.info_for(spec), threads=1)
+        return batch1_latency_ms(run, test_pixels[:1])
     except Exception as exc:  # latency is information only: never fail an export on it
         log.warning("%s: latency not measured (%s)", path.name, exc)
         return float("nan")
@@ -397,21 +379,17 @@ def _write_reports(
     context: dict,
     latency: dict[str, float],
 ) -> None:
-    rows = sorted(results, key=lambda r: _release_rank(r.path))
+    rows = sorted(results, key=lambda r: release_rank(r.path))
     (staging / "parity.json").write_text(parity_json(rows, carried, context, latency))
     (staging / "parity.md").write_text(parity_markdown(rows, carried, context, latency))
     plot_layer_errors(rows, staging / "quantization_error.png")
-    if "onnx_int8" in predictions:
+    shown = next((n for n, spec in ARTIFACTS.items() if n in predictions and spec.precision == "int8"), None)
+    if shown:  # the first int8 artifact in release order
+        spec = ARTIFACTS[shown]
         plot_confusion(
-            predictions["onnx_int8"],
+            predictions[shown],
             source.data.y_test,
             source.info.labels,
-            f"{source.data.name}: ONNX int8 on the test split",
+            f"{source.data.name}: {spec.filename} on the test split",
             staging / "confusion_int8.png",
         )
-
-
-def _release_rank(filename: str) -> int:
-    """Where a file stands in reports and manifests: the order of ``ARTIFACTS``."""
-    names = [spec.filename for spec in ARTIFACTS.values()]
-    return names.index(filename) if filename in names else len(names)

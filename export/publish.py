@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import sys
@@ -41,6 +40,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.errors import PublishError
+from export.formats import ARTIFACTS, files_of
 from export.parity import ParityResult, Threshold
 from runtime.artifacts import MANIFEST, REJECTED, json_safe, read_manifest, sha256_of
 from runtime.errors import ModelError
@@ -52,13 +53,9 @@ SUPERSEDED = "superseded"
 LOCK, JOURNAL, STAGING_PREFIX = ".edgepack.lock", ".publish-journal.json", ".staging-"
 REPORTS = ("parity.json", "parity.md", "confusion_int8.png", "quantization_error.png")
 REJECTED_REPORTS = ("parity.json", "parity.md", "quantization_error.png")
-# edgepack's artifact files (model_<kind>.onnx|.tflite and TFLite's .json sidecar): the only files
-# publishing replaces in rejected/ without asking.
-_ARTIFACT_NAME = re.compile(r"^model_[a-z0-9_]+\.(onnx|tflite|tflite\.json)$")
-
-
-class PublishError(Exception):
-    """The output folder cannot be used: unwritable, locked by another export, or the user's own."""
+# edgepack's artifact files and their sidecars: the only files publishing replaces in rejected/
+# without asking.
+_ARTIFACT_FILES = frozenset(name for spec in ARTIFACTS.values() for name in files_of(spec.filename))
 
 
 @dataclass(frozen=True)
@@ -203,7 +200,7 @@ def publish(
         raise PublishError(
             f"{folder}: cannot write the new manifest ({exc.strerror or exc}); the published release is unchanged"
         ) from None
-    new_files = [name for result in published for name in artifact_files(result.path)]
+    new_files = [name for result in published for name in files_of(result.path)]
     new_files += [name for name in REPORTS if (staging / name).is_file()]
     moves = _aside_moves(workspace, manifest, new_files)
     moves += [{"from": _relative(staging / name, folder), "to": name} for name in [*new_files, MANIFEST]]
@@ -225,7 +222,7 @@ def _aside_moves(workspace: Workspace, manifest: dict, new_files: list[str]) -> 
     the way of the new ones that edgepack did not write. Each gets a free name there, chosen now,
     so that a rename done is told from one to do by its target existing."""
     folder = workspace.folder
-    listed = {name for entry in manifest["artifacts"] for name in artifact_files(entry["path"])}
+    listed = {name for entry in manifest["artifacts"] for name in files_of(entry["path"])}
     old_files = _old_manifest_files(folder)
     ours = set(old_files) | (set(REPORTS) if workspace.owned else set())
     stale = [name for name in old_files if name not in listed and (folder / name).is_file()]
@@ -251,7 +248,7 @@ def _old_manifest_files(folder: Path) -> list[str]:
     except ModelError as exc:
         log.warning("%s", exc)
         return []
-    return [name for entry in old["artifacts"] for name in artifact_files(entry["path"])]
+    return [name for entry in old["artifacts"] for name in files_of(entry["path"])]
 
 
 def _free_name(folder: Path, name: str, taken: set[str]) -> str:
@@ -295,21 +292,16 @@ def complete_interrupted_publish(folder: Path) -> None:
     log.warning("%s: completed the publish an earlier export left unfinished", folder)
 
 
-def artifact_files(path: str) -> list[str]:
-    """An artifact's file and its metadata sidecar (TFLite keeps its description beside it)."""
-    return [path, path + ".json"] if path.endswith(".tflite") else [path]
-
-
 def _reject(workspace: Workspace, rejected: list[ParityResult]) -> None:
     """The failed candidates and the run's reports in ``rejected/``, replacing edgepack's own files
     of an earlier run there and nothing else."""
     staging, target = workspace.staging, workspace.folder / REJECTED
     target.mkdir(exist_ok=True)
     for old in target.iterdir():
-        if old.is_file() and (_ARTIFACT_NAME.match(old.name) or old.name in REJECTED_REPORTS):
+        if old.is_file() and (old.name in _ARTIFACT_FILES or old.name in REJECTED_REPORTS):
             old.unlink()
     for result in rejected:
-        for name in artifact_files(result.path):
+        for name in files_of(result.path):
             if (staging / name).is_file():
                 shutil.copy2(staging / name, target / name)
     for name in REJECTED_REPORTS:
@@ -336,8 +328,9 @@ def manifest_entry(result: ParityResult, staging: Path) -> dict:
     }
     if result.remedy:
         entry["remedy"] = result.remedy
-    if result.format == "tflite":
-        entry["metadata"] = result.path + ".json"
+    sidecars = files_of(result.path)[1:]
+    if sidecars:
+        entry["metadata"] = sidecars[0]
     return entry
 
 

@@ -39,10 +39,10 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from export.onnx_export import INPUT_NAME, keras_to_onnx, set_metadata
+from export.onnx_export import INPUT_NAME, set_metadata
 from runtime.metadata import ModelInfo
+from runtime.native_logs import native_notices_filtered
 from runtime.preprocess import normalize
-from train.native_logs import native_notices_filtered
 
 log = logging.getLogger(__name__)
 
@@ -186,52 +186,3 @@ def tflite_int8(calibrated: bytes, float_ops: tuple[str, ...] = ()) -> bytes:
             output_data_type=tf.uint8,
             denylisted_nodes=list(float_ops) or None,
         )
-
-
-class Int8Factory:
-    """Builds int8 artifacts of one model for any recipe, caching what recipes share."""
-
-    def __init__(
-        self,
-        model: keras.Model,
-        fp32_onnx: Callable[[], onnx.ModelProto],
-        calibration_for: Callable[[int | None], np.ndarray],
-        model_inputs: Callable[[np.ndarray], np.ndarray],
-        workdir: Path,
-    ) -> None:
-        self.model, self._fp32_onnx, self.calibration_for, self.workdir = model, fp32_onnx, calibration_for, workdir
-        self.model_inputs = model_inputs
-        self._equalized: tuple[keras.Model, list] | None = None
-        self._onnx: dict[bool, OnnxQuantizer] = {}
-        self._tflite: dict[tuple[bool, int | None], bytes] = {}
-
-    def equalized(self) -> tuple[keras.Model, list]:
-        """The cross-layer-equalized model and the pairs it rescaled (see ``export.equalize``)."""
-        if self._equalized is None:
-            from export.equalize import equalize
-
-            self._equalized = equalize(self.model, self.model_inputs(self.calibration_for(None)))
-        return self._equalized
-
-    def keras_model(self, recipe: Int8Recipe) -> keras.Model:
-        return self.equalized()[0] if recipe.equalize else self.model
-
-    def onnx_quantizer(self, recipe: Int8Recipe, info: ModelInfo) -> OnnxQuantizer:
-        if recipe.equalize not in self._onnx:
-            fp32 = keras_to_onnx(self.keras_model(recipe), info) if recipe.equalize else self._fp32_onnx()
-            self._onnx[recipe.equalize] = OnnxQuantizer(fp32, self.workdir)
-        return self._onnx[recipe.equalize]
-
-    def calibrated(self, recipe: Int8Recipe, info: ModelInfo) -> bytes:
-        key = (recipe.equalize, recipe.samples)
-        if key not in self._tflite:
-            self._tflite[key] = calibrated_tflite(self.keras_model(recipe), self.calibration_for(recipe.samples), info)
-        return self._tflite[key]
-
-    def build(self, fmt: str, recipe: Int8Recipe, info: ModelInfo, path: Path) -> None:
-        """Write the int8 artifact of ``fmt`` for ``recipe`` at ``path``."""
-        if fmt == "onnx":
-            proto = self.onnx_quantizer(recipe, info).quantize(self.calibration_for(recipe.samples), info, recipe)
-            onnx.save(proto, path)
-        else:
-            path.write_bytes(tflite_int8(self.calibrated(recipe, info), recipe.float_ops))

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from tqdm import tqdm
 
+from export.errors import ExportError
 from runtime.metadata import ModelInfo
 from runtime.preprocess import normalize, to_pixels
 from runtime.text import one_line
@@ -45,10 +47,6 @@ MAX_ARCHIVE_BYTES = 1024**3  # all members, uncompressed: a 250M-parameter float
 MAX_CONFIG_BYTES = 16 * 1024**2  # config.json and metadata.json: kilobytes for real models
 MAX_COMPRESSION_RATIO = 100  # float weights compress about 1.1x; a bomb, thousands of times
 RATIO_CHECK_FROM_BYTES = 1024**2  # small members (configs, empty weights) compress well, harmlessly
-
-
-class ExportError(Exception):
-    """A release that cannot be built: missing model, mismatched data, unusable options."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +90,16 @@ def _floats(text: str, flag: str, counts: tuple[int, ...]) -> tuple[float, ...]:
     return values
 
 
+@dataclass(frozen=True)
+class Training:
+    """How ``python -m train`` made a release model: its architecture, and the hold-out it kept
+    out of training (QAT fine-tuning leaves the same images out)."""
+
+    arch: str
+    val_fraction: float
+    seed: int
+
+
 @dataclass
 class Source:
     """A loaded model and everything the export needs to know about it."""
@@ -101,7 +109,7 @@ class Source:
     data: Dataset
     info: ModelInfo  # the ONNX (NCHW) description; TFLite uses the same with NHWC
     folder: Path  # where artifacts are published
-    arch: str | None  # a train/ architecture (QAT rebuilds it); None for a user's own model
+    trained: Training | None  # how train/ made it (QAT rebuilds it); None for a user's own model
 
     def pixels(self, images: np.ndarray) -> np.ndarray:
         """Dataset images as the model takes them (resized, colour-converted) by the runtime's code."""
@@ -110,6 +118,18 @@ class Source:
     def inputs(self, pixels: np.ndarray) -> np.ndarray:
         """Model-sized uint8 NHWC pixels -> the float model's input tensor."""
         return normalize(pixels, replace(self.info, layout="NHWC"))
+
+    def probabilities(self, pixels: np.ndarray, model: keras.Model | None = None, batch_size: int = 256) -> np.ndarray:
+        """The float model's probabilities (or ``model``'s): the reference every artifact is
+        measured against."""
+        model = model or self.model
+        batches = [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)]
+        return np.concatenate(
+            [
+                np.asarray(model(self.inputs(b), training=False))
+                for b in tqdm(batches, desc="float reference", unit=" batch", leave=False)
+            ]
+        )
 
 
 def import_user_module(path: Path) -> None:
@@ -195,7 +215,7 @@ def release_source(dataset: str, models_dir: Path, data_dir: str | None) -> Sour
         raise ExportError(f"{path}: no trained model; train it first (python -m train --dataset {dataset})")
     model = load_keras_model(path)
     info = _describe(model, data, data.labels, Preprocessing(), path)
-    return Source(model, path, data, info, folder, _trained_arch(folder))
+    return Source(model, path, data, info, folder, _training_record(folder))
 
 
 def user_source(
@@ -278,9 +298,12 @@ def _with_probabilities(model: keras.Model, info: ModelInfo, data: Dataset) -> k
     return keras.Model(inputs, outputs, name=f"{model.name}_export")
 
 
-def _trained_arch(folder: Path) -> str | None:
-    """The architecture ``python -m train`` recorded, if any (QAT needs it)."""
+def _training_record(folder: Path) -> Training | None:
+    """What ``python -m train`` recorded in ``metrics.json``, if anything (QAT needs it)."""
     try:
-        return json.loads((folder / "metrics.json").read_text())["arch"]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        # metrics.json from before recipes recorded it: every recipe then held out 10% if any
+        held_out = metrics["recipe"].get("val_fraction", 0.1 if metrics.get("val_images") else 0.0)
+        return Training(metrics["arch"], float(held_out), int(metrics["seed"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None

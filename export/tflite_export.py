@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from export.quantize import representative
 from runtime.metadata import ModelInfo
-from train.native_logs import native_notices_filtered
+from runtime.native_logs import native_notices_filtered
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 

@@ -24,11 +24,14 @@ MODELS_DIR_ENV = "EDGEPACK_MODELS_DIR"
 
 
 def default_models_dir() -> Path:
-    """``$EDGEPACK_MODELS_DIR``, else the ``models`` folder beside this package: the repository's in
-    a clone, the installed package's (the int8 ONNX models only) after ``pip install``."""
+    """Where every command finds the release: ``$EDGEPACK_MODELS_DIR``, else the repository's
+    ``models/`` in a clone (or an editable install), else the int8 ONNX models ``pip install``
+    put into this package (``runtime/shipped/``, installed from ``models/``: see pyproject.toml)."""
     if os.environ.get(MODELS_DIR_ENV):
         return Path(os.environ[MODELS_DIR_ENV])
-    return Path(__file__).resolve().parent.parent / "models"
+    here = Path(__file__).resolve().parent
+    clone = here.parent / "models"
+    return clone if clone.is_dir() and (here.parent / "pyproject.toml").is_file() else here / "shipped"
 
 
 def json_safe(value):

@@ -145,6 +145,8 @@ class Classifier:
             raise ModelError(f"{self.path}: inference failed ({first_line(exc)})") from None
 
     def predict(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
+        """The (N, num_classes) probabilities of one image or a sequence of them, decoded and
+        preprocessed by the runtime's own code."""
         return self.run(self.pixels(images))
 
     def top_k(self, probabilities: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:

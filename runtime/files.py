@@ -39,6 +39,15 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     sync_folder(path.parent)
 
 
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and prove a file can be written there (OSError if not): commands check
+    their output folder first thing, not after minutes of work."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def sync_folder(folder: Path) -> None:
     """Make renames inside ``folder`` durable (where the OS allows opening a folder)."""
     try:

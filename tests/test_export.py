@@ -11,8 +11,8 @@ import pytest
 
 import export.quantize
 from export.__main__ import main
+from export.formats import ARTIFACTS, DEFAULT_ARTIFACTS
 from export.parity import DEFAULT_THRESHOLDS, compare
-from export.pipeline import ARTIFACTS, DEFAULT_FORMATS
 from runtime.artifacts import sha256_of
 from runtime.metadata import METADATA_KEY, ModelInfo
 
@@ -23,7 +23,7 @@ def manifest_of(models):
 
 def test_every_default_artifact_is_published_and_passes(exported_models):
     manifest = manifest_of(exported_models)
-    assert [a["path"] for a in manifest["artifacts"]] == [ARTIFACTS[n].filename for n in DEFAULT_FORMATS]
+    assert [a["path"] for a in manifest["artifacts"]] == [ARTIFACTS[n].filename for n in DEFAULT_ARTIFACTS]
     for entry in manifest["artifacts"]:
         threshold = DEFAULT_THRESHOLDS[entry["precision"]]
         assert entry["passed"] and entry["drop_bound_pp"] <= threshold.max_drop_pp
@@ -240,3 +240,16 @@ def test_calibration_batches_divide_the_sample():
 
     assert calibration_batch_size(1000) == 50 and calibration_batch_size(250) == 50
     assert calibration_batch_size(997) == 1 and calibration_batch_size(64) == 64
+
+
+def test_qat_leaves_out_the_images_training_held_out(tmp_path):
+    from export.source import Training, _training_record
+
+    metrics = {"arch": "edge_airbench", "seed": 7, "recipe": {"val_fraction": 0.0}, "val_images": 0}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert _training_record(tmp_path) == Training("edge_airbench", 0.0, 7)
+    del metrics["recipe"]["val_fraction"]  # written before recipes recorded it: 10% was held out then
+    (tmp_path / "metrics.json").write_text(json.dumps({**metrics, "val_images": 6000}))
+    assert _training_record(tmp_path) == Training("edge_airbench", 0.1, 7)
+    (tmp_path / "metrics.json").write_text("{}")
+    assert _training_record(tmp_path) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -12,16 +13,16 @@ from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """The package installed into a folder of its own (its dependencies are this environment's)."""
+def install(tmp_path_factory) -> tuple[Path, str]:
+    """The package installed into a folder of its own (its dependencies are this environment's),
+    and what the install printed."""
     target = tmp_path_factory.mktemp("site")
-    subprocess.run(
+    result = subprocess.run(
         [
             sys.executable,
             "-m",
             "pip",
             "install",
-            "--quiet",
             "--no-deps",
             "--no-build-isolation",
             "--target",
@@ -30,9 +31,15 @@ def installed(tmp_path_factory):
         ],
         check=True,
         capture_output=True,
+        text=True,
         timeout=600,
     )
-    return target
+    return target, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def installed(install) -> Path:
+    return install[0]
 
 
 def classify(installed, cwd, *args: str) -> subprocess.CompletedProcess:
@@ -47,18 +54,28 @@ def classify(installed, cwd, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_package_carries_the_int8_models_and_nothing_else_of_the_release(installed):
-    files = sorted(
-        p.relative_to(installed / "models").as_posix()
-        for p in (installed / "models").rglob("*.*")
-        if "__pycache__" not in p.parts
-    )
+    shipped = installed / "runtime" / "shipped"
+    files = sorted(p.relative_to(shipped).as_posix() for p in shipped.rglob("*.*") if "__pycache__" not in p.parts)
     assert files == [
-        "__init__.py",
         "cifar10/manifest.json",
         "cifar10/model_int8.onnx",
         "fashion_mnist/manifest.json",
         "fashion_mnist/model_int8.onnx",
     ]
+
+
+def test_installing_puts_only_edgepack_s_packages_on_the_path_and_warns_of_nothing(install):
+    installed, printed = install
+    top_level = sorted(p.name for p in installed.iterdir() if not p.name.endswith(".dist-info"))
+    assert top_level == ["benchmarks", "demo", "export", "runtime", "train"]  # no package called `models`
+    warnings = [line for line in printed.splitlines() if "warn" in line.lower() and "Location" not in line]
+    assert not warnings, "\n".join(warnings)
+
+
+def test_every_package_of_the_repository_is_installed(installed):
+    roots = ("runtime", "train", "export", "benchmarks", "demo")
+    packages = {p.parent.relative_to(ROOT).as_posix() for root in roots for p in (ROOT / root).rglob("__init__.py")}
+    assert packages and all((installed / p / "__init__.py").is_file() for p in packages), sorted(packages)
 
 
 def test_installed_runtime_classifies_both_datasets_out_of_the_box(installed, fashion, shared_data, tmp_path):

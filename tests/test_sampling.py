@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 
 from export.accuracy_control import ControlSettings, _calibration_choices
+from export.formats import ARTIFACTS
 from export.quantize import Int8Recipe
 from export.sampling import calibration_indices, validation_indices
+
+INT8 = [name for name, spec in ARTIFACTS.items() if spec.post_training_int8]  # every format's
 
 
 @pytest.mark.parametrize("count", [50_000, 60_000])  # CIFAR-10's and Fashion-MNIST's training splits
 @pytest.mark.parametrize("samples", [1, 500, 1000, 5000])
-def test_every_calibration_sample_a_remedy_draws_is_disjoint_from_the_validation_sample(count, samples):
+@pytest.mark.parametrize("artifact", INT8)
+def test_every_calibration_sample_a_remedy_draws_is_disjoint_from_the_validation_sample(count, samples, artifact):
     validation = set(validation_indices(count, ControlSettings.validation_samples, seed=0).tolist())
-    remedies = _calibration_choices("onnx", Int8Recipe(), samples, count)
+    remedies = _calibration_choices(ARTIFACTS[artifact], Int8Recipe(), samples, count)
     sizes = [samples] + [recipe.samples for _, recipe in remedies if recipe.samples]
     assert len(sizes) == 2  # the export's own sample and the larger one of the "N calibration images" remedy
     for size in sizes:

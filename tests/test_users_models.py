@@ -179,7 +179,7 @@ def test_a_remedy_that_cannot_apply_is_skipped_with_its_reason(trained_models, s
     def cannot(self):
         raise ValueError("Output with path `` is not connected to `inputs`")
 
-    monkeypatch.setattr(export.quantize.Int8Factory, "equalized", cannot)
+    monkeypatch.setattr(export.pipeline.Builder, "equalized", cannot)
     out = tmp_path / "out"
     strict = ("--thresholds", "int8=0:1:0")  # plain int8 fails: accuracy control runs
     args = ("--formats", "onnx_fp32,onnx_int8", "--remedies", "equalization", *strict)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from runtime.artifacts import default_models_dir
+from runtime.files import ensure_writable
+from runtime.native_logs import import_tensorflow_quietly  # noqa: E402
 from runtime.text import printable
-from train.native_logs import import_tensorflow_quietly  # noqa: E402
+from train.errors import TrainError  # noqa: E402
 
 import_tensorflow_quietly()
 
-from train.datasets import REGISTRY, DataError, load_dataset  # noqa: E402
+from train.datasets import REGISTRY, load_dataset  # noqa: E402
 
 log = logging.getLogger("train")
 QUICK_OUT = Path(__file__).resolve().parent.parent / "runs" / "quick"
@@ -98,10 +99,7 @@ def check_output(folder: Path, quick: bool) -> None:
             "%s holds a release at %.2f%% test accuracy; this run replaces it when it finishes", folder, 100 * accuracy
         )
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        ensure_writable(folder)
     except OSError as exc:
         raise TrainError(f"{folder}: cannot write the training outputs there ({exc.strerror or exc})") from None
 
@@ -115,10 +113,6 @@ def check_user_dataset_output(requested: str, name: str, folder: Path, out_given
         f"{requested} is named like the registered dataset {name!r}: training it would write into {folder}, "
         "that dataset's release folder; rename the folder or give --out"
     )
-
-
-class TrainError(Exception):
-    """A run that must not or cannot start: its output folder."""
 
 
 def run(args: argparse.Namespace) -> None:
@@ -159,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(args)
-    except (DataError, TrainError) as exc:
+    except TrainError as exc:  # a DataError too
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # the disk filled up or a folder turned read-only mid-run

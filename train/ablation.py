@@ -16,12 +16,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from train.native_logs import import_tensorflow_quietly
+from runtime.native_logs import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
 from train.batches import Augment  # noqa: E402
-from train.datasets import DataError, load_dataset  # noqa: E402
+from train.datasets import load_dataset  # noqa: E402
+from train.errors import DataError  # noqa: E402
 
 log = logging.getLogger("train.ablation")
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "runs" / "ablation"

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from runtime.errors import InputError
 from runtime.files import atomic_path
 from runtime.preprocess import IMAGE_SUFFIXES, MAX_FILE_BYTES, decode_image, fit_image, read_image_bytes
+from train.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ CACHE_DIR_ENV = "EDGEPACK_CACHE_DIR"
 OFFLINE_ENV = "EDGEPACK_OFFLINE"
 _CACHE_VERSION = "2"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-
-
-class DataError(Exception):
-    """Data that cannot be found or read; the message names the file."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from runtime.environment import cpu_name, library_versions
 from runtime.files import atomic_path, atomic_write
 from runtime.text import first_line
 from train.batches import Augment, Batches
-from train.datasets import DataError, Dataset, subset, train_val_split
+from train.datasets import Dataset, subset, train_val_split
+from train.errors import DataError
 from train.initialization import init_airbench
 from train.models import WHITEN_LAYER, build_model, saved_layout
 from train.optimizer import AirbenchSGD

@@ -1,0 +1,44 @@
+"""The format registry: every format edgepack exports, and every artifact they offer.
+
+The pipeline, accuracy control, publishing, the reports and the benchmarks iterate over this
+registry. Adding a format is one new module in this package (a :class:`~export.formats.base.Format`
+subclass and its instance) listed in ``FORMATS`` below, plus its tests; see the docs' "Adding a
+format" page.
+"""
+
+from __future__ import annotations
+
+from export.formats.base import ArtifactSpec, Format
+from export.formats.onnx import ONNX
+from export.formats.tflite import TFLITE
+
+FORMATS: dict[str, Format] = {fmt.name: fmt for fmt in (ONNX, TFLITE)}
+
+# Plain artifacts first, format by format, then the QAT ones: the order of reports and manifests.
+_SPECS = [spec for fmt in FORMATS.values() for spec in fmt.artifacts]
+ARTIFACTS: dict[str, ArtifactSpec] = {
+    spec.name: spec for spec in sorted(_SPECS, key=lambda spec: spec.quantization == "qat")
+}
+DEFAULT_ARTIFACTS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization != "qat")
+QAT_ARTIFACTS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization == "qat")
+
+
+def format_of(spec: ArtifactSpec) -> Format:
+    return FORMATS[spec.format]
+
+
+def fp32_of(spec: ArtifactSpec) -> ArtifactSpec:
+    """The fp32 artifact of ``spec``'s format: what its quantized sizes are measured against."""
+    return next(s for s in format_of(spec).artifacts if s.precision == "fp32")
+
+
+def files_of(filename: str) -> list[str]:
+    """An artifact's file and the files travelling beside it (an unknown file: itself alone)."""
+    fmt = next((f for f in FORMATS.values() if filename.endswith(f.suffix)), None)
+    return [filename, *(fmt.sidecars(filename) if fmt else [])]
+
+
+def release_rank(filename: str) -> int:
+    """Where a file stands in reports and manifests: the order of ``ARTIFACTS``."""
+    names = [spec.filename for spec in ARTIFACTS.values()]
+    return names.index(filename) if filename in names else len(names)

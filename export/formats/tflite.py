@@ -1,0 +1,83 @@
+"""TFLite artifacts, run by LiteRT: fp32, fp16, dynamic-range, full-integer post-training int8
+(uint8 input and output, ``export.quantize``) and QAT int8.
+
+TFLite keeps Keras' NHWC layout. The file has no room for edgepack's description, so it travels
+in a JSON sidecar beside it (``model_int8.tflite.json``), which publishing ships with the file.
+Converters and runtimes are imported where they are used (see ``export.formats.base``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from export.formats.base import ArtifactSpec, BenchRunner, Builder, Format, Loaded, Predict
+from runtime.metadata import ModelInfo
+
+if TYPE_CHECKING:
+    from export.diagnose import LayerError
+    from export.quantize import Int8Recipe
+
+
+class TFLiteFormat(Format):
+    name = "tflite"
+    suffix = ".tflite"
+    layout = "NHWC"
+    precisions = ("fp32", "fp16", "dynamic", "int8")
+    bench_runners = (BenchRunner("litert_{precision}", "LiteRT {precision}", "litert", "litert"),)
+
+    def sidecars(self, filename: str) -> list[str]:
+        return [filename + ".json"]
+
+    def read_info(self, path: Path) -> ModelInfo:
+        return ModelInfo.from_json(path.with_name(self.sidecars(path.name)[0]).read_text(), str(path))
+
+    def build(self, builder: Builder, spec: ArtifactSpec, recipe: Int8Recipe, info: ModelInfo, path: Path) -> None:
+        from export.quantize import tflite_int8
+        from export.tflite_export import keras_to_tflite
+
+        if spec.post_training_int8:
+            data = tflite_int8(self.calibrated(builder, recipe, info), recipe.float_ops)
+        else:
+            model = builder.qat_model() if spec.quantization == "qat" else builder.keras_model(recipe)
+            data = keras_to_tflite(model, spec.precision, builder.calibration_for(None), info)
+        path.write_bytes(data)
+        self.write_sidecars(path, info)
+
+    def calibrated(self, builder: Builder, recipe: Int8Recipe, info: ModelInfo) -> bytes:
+        """The float model carrying calibration statistics, calibrated once per graph and sample."""
+        from export.quantize import calibrated_tflite
+
+        cache, key = builder.cache(self.name), ("calibrated", recipe.equalize, recipe.samples)
+        if key not in cache:
+            images = builder.calibration_for(recipe.samples)
+            cache[key] = calibrated_tflite(builder.keras_model(recipe), images, info)
+        return cache[key]
+
+    def predictor(self, path: Path, info: ModelInfo, threads: int | None = None) -> Predict:
+        """LiteRT fed the images resized by the runtime's own code."""
+        from export.litert import LiteRTModel
+        from runtime.preprocess import to_pixels
+
+        model = LiteRTModel(path, info, threads)
+        return lambda images: model.run(to_pixels(images, info))
+
+    def layer_errors(
+        self, builder: Builder, spec: ArtifactSpec, recipe: Int8Recipe, path: Path, images: np.ndarray
+    ) -> list[LayerError]:
+        from export.diagnose import tflite_layer_errors
+
+        info = builder.info_for(spec)
+        return tflite_layer_errors(self.calibrated(builder, recipe, info), path.read_bytes(), images, info)
+
+    def load_for_bench(self, runner: BenchRunner, path: Path, threads: int) -> Loaded:
+        from export.litert import LiteRTModel
+
+        info = self.read_info(path)
+        model = LiteRTModel(path, info, threads)
+        return Loaded((info.height, info.width, info.channels), lambda pixels: pixels, lambda x: model.run(x, len(x)))
+
+
+TFLITE = TFLiteFormat()
