@@ -108,11 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not models_dir.is_dir():
             raise BenchError(f"{models_dir}: no such models folder")
-        try:
+        folders = dataset_folders(models_dir, args.dataset)
+        try:  # before minutes of measuring
             ensure_writable(args.out)
         except OSError as exc:
             raise BenchError(f"{args.out}: cannot write the reports there ({exc.strerror or exc})") from None
-        for folder in dataset_folders(models_dir, args.dataset):
+        for folder in folders:
             paths = write_reports(benchmark(folder, config, test_images(folder.name, args.data_dir)), args.out)
             print(f"{folder.name}: " + ", ".join(str(p) for p in paths))
     except BenchError as exc:

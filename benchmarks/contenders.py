@@ -10,6 +10,7 @@ the runtime is the runtime's own overhead.
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from export.formats import FORMATS
-from export.formats.base import Loaded
+from export.formats.base import BenchRunner, Loaded
 from runtime.artifacts import MANIFEST
 
 
@@ -89,9 +90,11 @@ def load(contender: Contender, path: Path, threads: int) -> Loaded:
     """The contender's file loaded, ready for its untimed ``prepare`` and timed ``call``."""
     if contender.format is None:
         return _keras(contender, path)
-    fmt = FORMATS[contender.format]
-    runner = next(r for r in fmt.bench_runners if r.kind == contender.kind)
-    return fmt.load_for_bench(runner, path, threads)
+    return FORMATS[contender.format].load_for_bench(_runner(contender), path, threads)
+
+
+def _runner(contender: Contender) -> BenchRunner:
+    return next(r for r in FORMATS[contender.format].bench_runners if r.kind == contender.kind)
 
 
 def import_runtime(contender: Contender, threads: int) -> None:
@@ -105,10 +108,8 @@ def import_runtime(contender: Contender, threads: int) -> None:
         except RuntimeError:
             pass
         import keras  # noqa: F401
-    elif contender.runtime == "litert":
-        import ai_edge_litert.interpreter  # noqa: F401
     else:
-        import onnxruntime  # noqa: F401
+        importlib.import_module(_runner(contender).module)
 
 
 def _keras(contender: Contender, path: Path) -> Loaded:

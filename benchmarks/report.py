@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.contenders import BY_KEY, CONTENDERS  # noqa: E402
+from export.formats import FORMATS  # noqa: E402
 from runtime.files import atomic_path, atomic_write  # noqa: E402
 
 
@@ -24,6 +25,15 @@ def p50(result: dict, key: str, threads: int, batch: int = 1) -> float | None:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def _size_pairs() -> list[tuple[str, str, str]]:
+    """Per registered format: its title and the contender keys of its int8 and fp32 artifacts."""
+    return [
+        (fmt.title, runner.key.format(precision="int8"), runner.key.format(precision="fp32"))
+        for fmt in FORMATS.values()
+        for runner in fmt.bench_runners[:1]
+    ]
 
 
 def _size_ratio(result: dict, int8: str, fp32: str) -> float | None:
@@ -59,7 +69,7 @@ def ratios(result: dict) -> list[dict]:
                         "unit": "us",
                     }
                 )
-    for name, int8, fp32 in (("ONNX", "ort_int8", "ort_fp32"), ("TFLite", "litert_int8", "litert_fp32")):
+    for name, int8, fp32 in _size_pairs():
         value = _size_ratio(result, int8, fp32)
         if value is not None:
             rows.append({"name": f"{name} int8 / fp32 file size", "value": value, "unit": "x"})
@@ -105,7 +115,7 @@ def targets(result: dict) -> list[dict]:
         add(f"runtime overhead over a bare session {suffix}", value, "<= 15 us", None if value is None else value <= 15)
         value = _ratio(p50(result, "keras_predict", threads), p50(result, "ort_int8", threads))
         add(f"runtime speed-up over Keras predict {suffix}", value, ">= 100x", None if value is None else value >= 100)
-    for name, int8, fp32 in (("ONNX", "ort_int8", "ort_fp32"), ("TFLite", "litert_int8", "litert_fp32")):
+    for name, int8, fp32 in _size_pairs():
         value = _size_ratio(result, int8, fp32)
         add(f"{name} int8 file size vs fp32", value, "<= 0.30x", None if value is None else value <= 0.30)
     cold = result.get("cold_start") or {}

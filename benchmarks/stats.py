@@ -6,8 +6,7 @@ even-sized sample is the mean of its two middle values.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,26 +39,3 @@ def summarize(batch: int, seconds: Sequence[float]) -> dict[str, float]:
         "min_ms": 1e3 * float(np.min(seconds)),
         "throughput_ips": throughput(batch, seconds),
     }
-
-
-def measure(
-    call: Callable[[], object],
-    budget_s: float,
-    warmup: int = 3,
-    min_iterations: int = 10,
-    max_iterations: int = 20_000,
-) -> list[float]:
-    """Time ``call`` repeatedly after a warm-up, until the budget is spent.
-
-    At least ``min_iterations`` calls are timed even past the budget, so slow contenders still
-    get a percentile worth the name; ``max_iterations`` bounds fast ones.
-    """
-    for _ in range(warmup):
-        call()
-    timings: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(timings) < max_iterations and (len(timings) < min_iterations or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        call()
-        timings.append(time.perf_counter() - start)
-    return timings

@@ -20,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from benchmarks.contenders import BY_KEY, import_runtime, load  # noqa: E402
-from benchmarks.stats import measure  # noqa: E402
 from export.formats.base import Loaded  # noqa: E402
+from export.latency import measure  # noqa: E402
 
 
 def sample_pixels(shape: tuple[int, int, int], batch: int, seed: int) -> np.ndarray:

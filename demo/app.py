@@ -171,8 +171,19 @@ def black_canvas() -> dict:
     return {"background": np.zeros((SKETCH_SIZE, SKETCH_SIZE, 3), np.uint8), "layers": [], "composite": None}
 
 
+@dataclass
+class Inputs:
+    """The page's input components: the model and precision choices and the three image sources."""
+
+    dataset: gr.Radio
+    precision: gr.Radio
+    upload: gr.Image
+    webcam: gr.Image
+    sketch: gr.Sketchpad
+    classify_sketch: gr.Button
+
+
 def build_app(demo: Demo, examples: dict[str, list[Path]], data_dir: Path | None) -> gr.Blocks:
-    datasets = demo.datasets
     with gr.Blocks(title="edgepack: edge image classifiers", analytics_enabled=False) as app:
         gr.Markdown(
             "# edgepack demo\nClassify an image with a shipped artifact, run by ONNX Runtime through "
@@ -180,59 +191,79 @@ def build_app(demo: Demo, examples: dict[str, list[Path]], data_dir: Path | None
         )
         with gr.Row():
             with gr.Column():
-                with gr.Row():
-                    dataset = gr.Radio(datasets, value=datasets[0], label="Model")
-                    precision = gr.Radio(list(PRECISIONS), value="int8", label="Precision")
-                with gr.Tabs():
-                    with gr.Tab("Upload"):
-                        upload = gr.Image(
-                            type="filepath",
-                            sources=["upload", "clipboard"],
-                            label="Image (drop, paste or pick)",
-                            height=260,
-                        )
-                    with gr.Tab("Webcam"):
-                        webcam = gr.Image(type="filepath", sources=["webcam"], label="Webcam")
-                    with gr.Tab("Draw"):
-                        sketch = gr.Sketchpad(
-                            value=black_canvas(),
-                            type="filepath",
-                            label="Draw a Fashion-MNIST item (light on black)",
-                            brush=gr.Brush(colors=["#ffffff", "#a0a0a0"], default_size=18),
-                            canvas_size=(SKETCH_SIZE, SKETCH_SIZE),
-                        )
-                        classify_sketch = gr.Button("Classify the drawing", variant="primary")
+                inputs = _input_panel(demo)
                 gr.Markdown(examples_note(examples, data_dir))
-                galleries = {
-                    name: gr.Gallery(
-                        [(str(path), example_label(path, demo.labels(name))) for path in examples[name]],
-                        label=f"{name}: click a test image",
-                        columns=5,
-                        rows=2,
-                        height=330,
-                        object_fit="contain",
-                        allow_preview=False,
-                    )
-                    for name in datasets
-                    if examples.get(name)
-                }
+                galleries = _galleries(demo, examples)
             with gr.Column():
-                label = gr.Label(num_top_classes=TOP_K, label="Prediction")
-                seen = gr.Image(label="What the model sees (after preprocessing)", interactive=False, height=240)
-                latency = gr.Markdown(elem_id="latency")
-                card = gr.Markdown(demo.card(datasets[0], "int8"), elem_id="model-card")
-        outputs = [label, seen, latency, card]
-        raw = {"preprocess": False, "concurrency_id": "model"}
-        upload.change(demo.classify, [upload, dataset, precision], outputs, api_name="classify", **raw)
-        webcam.change(demo.classify, [webcam, dataset, precision], outputs, api_name="classify_webcam", **raw)
-        # Gradio's editor does not report every stroke as a change, hence the button as well.
-        for event in (sketch.change, classify_sketch.click):
-            event(demo.classify, [sketch, dataset, precision], outputs, api_name="classify_sketch", **raw)
-        for choice in (dataset, precision):
-            choice.change(demo.classify, [upload, dataset, precision], outputs, api_name=False, **raw)
-        for name, gallery in galleries.items():
-            gallery.select(example_picker(name, examples[name]), None, [upload, dataset], api_name=False)
+                outputs = _output_panel(demo)
+        _wire(demo, inputs, outputs, galleries, examples)
     return app
+
+
+def _input_panel(demo: Demo) -> Inputs:
+    with gr.Row():
+        dataset = gr.Radio(demo.datasets, value=demo.datasets[0], label="Model")
+        precision = gr.Radio(list(PRECISIONS), value="int8", label="Precision")
+    with gr.Tabs():
+        with gr.Tab("Upload"):
+            upload = gr.Image(
+                type="filepath", sources=["upload", "clipboard"], label="Image (drop, paste or pick)", height=260
+            )
+        with gr.Tab("Webcam"):
+            webcam = gr.Image(type="filepath", sources=["webcam"], label="Webcam")
+        with gr.Tab("Draw"):
+            sketch = gr.Sketchpad(
+                value=black_canvas(),
+                type="filepath",
+                label="Draw a Fashion-MNIST item (light on black)",
+                brush=gr.Brush(colors=["#ffffff", "#a0a0a0"], default_size=18),
+                canvas_size=(SKETCH_SIZE, SKETCH_SIZE),
+            )
+            classify_sketch = gr.Button("Classify the drawing", variant="primary")
+    return Inputs(dataset, precision, upload, webcam, sketch, classify_sketch)
+
+
+def _galleries(demo: Demo, examples: dict[str, list[Path]]) -> dict[str, gr.Gallery]:
+    """One gallery of test images per dataset that has examples."""
+    return {
+        name: gr.Gallery(
+            [(str(path), example_label(path, demo.labels(name))) for path in examples[name]],
+            label=f"{name}: click a test image",
+            columns=5,
+            rows=2,
+            height=330,
+            object_fit="contain",
+            allow_preview=False,
+        )
+        for name in demo.datasets
+        if examples.get(name)
+    }
+
+
+def _output_panel(demo: Demo) -> list:
+    """The prediction, the image as the model sees it, the latency and the artifact's card."""
+    label = gr.Label(num_top_classes=TOP_K, label="Prediction")
+    seen = gr.Image(label="What the model sees (after preprocessing)", interactive=False, height=240)
+    latency = gr.Markdown(elem_id="latency")
+    card = gr.Markdown(demo.card(demo.datasets[0], "int8"), elem_id="model-card")
+    return [label, seen, latency, card]
+
+
+def _wire(
+    demo: Demo, inputs: Inputs, outputs: list, galleries: dict[str, gr.Gallery], examples: dict[str, list[Path]]
+) -> None:
+    """Every input classifies (raw payloads: the runtime does all decoding); a gallery click loads its image."""
+    choices = [inputs.dataset, inputs.precision]
+    raw = {"preprocess": False, "concurrency_id": "model"}
+    inputs.upload.change(demo.classify, [inputs.upload, *choices], outputs, api_name="classify", **raw)
+    inputs.webcam.change(demo.classify, [inputs.webcam, *choices], outputs, api_name="classify_webcam", **raw)
+    # Gradio's editor does not report every stroke as a change, hence the button as well.
+    for event in (inputs.sketch.change, inputs.classify_sketch.click):
+        event(demo.classify, [inputs.sketch, *choices], outputs, api_name="classify_sketch", **raw)
+    for choice in choices:
+        choice.change(demo.classify, [inputs.upload, *choices], outputs, api_name=False, **raw)
+    for name, gallery in galleries.items():
+        gallery.select(example_picker(name, examples[name]), None, [inputs.upload, inputs.dataset], api_name=False)
 
 
 def example_picker(dataset: str, paths: list[Path]):

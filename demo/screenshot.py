@@ -1,6 +1,6 @@
 """Drive the demo in a real headless Chromium: upload an image, read the answer, take a picture.
 
-Used by the browser test, and by ``python -m demo.screenshot`` to make the README's screenshot,
+Used by the browser test, and by ``python -m demo.screenshot`` to make the docs' screenshot,
 so the picture in the docs is produced by the code the tests run. Needs Playwright's Python
 package and a Chromium binary (Debian's ``chromium`` package at /usr/bin/chromium); Playwright's
 own browser downloads are not used.

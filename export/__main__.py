@@ -42,6 +42,14 @@ EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(joined_negative_values(sys.argv[1:] if argv is None else argv))
+    _check_values(parser, args)
+    _check_source(parser, args)
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export",
         description="Export ONNX and TFLite artifacts of a Keras image classifier, gate each one's parity with the "
@@ -69,6 +77,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="where to publish --model's artifacts (default: beside it, a folder named after the model file)",
     )
+    _add_model_options(parser)
+    _add_quantization_options(parser)
+    _add_control_options(parser)
+    _add_publishing_options(parser)
+    return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """What a user's own model expects: written into every artifact's metadata."""
     preprocessing = parser.add_argument_group("what --model expects (written into every artifact's metadata)")
     preprocessing.add_argument(
         "--pixel-range",
@@ -91,6 +108,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="turn Keras' safe mode off, so that code inside the model file (a Python Lambda) runs: only for a "
         "file you trust",
     )
+
+
+def _add_quantization_options(parser: argparse.ArgumentParser) -> None:
+    """QAT, calibration and the gate's thresholds."""
     parser.add_argument(
         "--qat",
         action="store_true",
@@ -112,8 +133,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--thresholds",
         default="",
-        help=f"override gate thresholds, e.g. 'int8=0.5:0.995:0.15' ({THRESHOLD_SYNTAX}; see README)",
+        help=f"override gate thresholds, e.g. 'int8=0.5:0.995:0.15' ({THRESHOLD_SYNTAX}; see docs/export.md)",
     )
+
+
+def _add_control_options(parser: argparse.ArgumentParser) -> None:
+    """Accuracy control of int8 artifacts that fail their gate."""
     control = parser.add_argument_group("accuracy control of int8 artifacts")
     control.add_argument(
         "--no-accuracy-control",
@@ -144,6 +169,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time accuracy control may spend on each failing int8 artifact; no remedy starts after it, "
         f"the best candidate so far is kept and the report says so (default: {ControlSettings.budget_s:.0f})",
     )
+
+
+def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
+    """Test-time augmentation, what gets published where, and the folders read."""
     parser.add_argument(
         "--tta",
         choices=TTA_CHOICES,
@@ -174,7 +203,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where <dataset>/ release folders live (default: $EDGEPACK_MODELS_DIR or models/)",
     )
     parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR, then the Keras cache)")
-    args = parser.parse_args(joined_negative_values(sys.argv[1:] if argv is None else argv))
+
+
+def _check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Option values argparse cannot check alone (lists, ranges, thresholds)."""
     args.formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     unknown = [f for f in args.formats if f not in DEFAULT_ARTIFACTS]
     if unknown or not args.formats:
@@ -192,6 +224,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')} must be at least {least}")
     if not args.control_budget > 0 or args.control_budget == float("inf"):
         parser.error("--control-budget must be a positive number of seconds")
+
+
+def _check_source(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The release flow and a user's --model take different options."""
     if args.model is None:
         if args.dataset != "all" and args.dataset not in REGISTRY:
             parser.error(
@@ -202,7 +238,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error("--pixel-range, --mean, --std, --labels, --out and --custom-objects describe --model; give it")
     elif args.dataset == "all":
         parser.error("--model needs --dataset: a registered dataset or an image-folder path to measure it on")
-    return args
 
 
 NUMERIC_OPTIONS = ("--pixel-range", "--mean", "--std")

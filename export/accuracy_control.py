@@ -137,38 +137,32 @@ def diagnose(builder: Builder, name: str, path: Path, result: ParityResult) -> N
     result.layer_errors = [e.as_dict() for e in safe_layer_errors(builder, name, path, builder.default_int8())]
 
 
-def control_accuracy(
-    builder: Builder, name: str, threshold: Threshold, settings: ControlSettings, failed: ParityResult
-) -> dict:
-    """Repair the failing int8 artifact ``name`` in place; returns what was tried and chosen."""
-    spec = ARTIFACTS[name]
-    path = builder.staging / spec.filename
-    validation = Validation(builder, settings.validation_samples)
-    plain = builder.default_int8()
-    errors = safe_layer_errors(builder, name, path, plain) if spec.post_training_int8 else []
-    worst = worst_first(errors)
-    if worst:
-        log.info(
-            "%s: worst quantized tensors: %s",
-            spec.filename,
-            ", ".join(f"{short_name(e.name)} ({e.sqnr_db:.1f} dB)" for e in worst[:3]),
-        )
+class Trials:
+    """Builds and measures candidates of one artifact on the validation sample, within the
+    artifact's time budget; remembers the remedies that could not apply, and why."""
 
-    skipped: list[dict] = []
-    started = time.monotonic()
+    def __init__(self, builder: Builder, name: str, threshold: Threshold, settings: ControlSettings) -> None:
+        self.builder, self.name, self.spec = builder, name, ARTIFACTS[name]
+        self.path = builder.staging / self.spec.filename
+        self.threshold, self.settings = threshold, settings
+        self.validation = Validation(builder, settings.validation_samples)
+        self.skipped: list[dict] = []
+        self.started = time.monotonic()
 
-    def trial(remedy: str, recipe: Int8Recipe) -> Trial | None:
+    def run(self, remedy: str, recipe: Int8Recipe) -> Trial | None:
+        """Build ``recipe`` and measure it; None (recorded as skipped) if it cannot be built."""
         try:
-            builder.build(name, recipe)
+            self.builder.build(self.name, recipe)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # a remedy that cannot apply to this graph: skipped, with its reason
             log.warning("  %s: skipped (%s)", remedy, one_line(exc, 200))
-            skipped.append({"remedy": remedy, "reason": one_line(exc, 300)})
+            self.skipped.append({"remedy": remedy, "reason": one_line(exc, 300)})
             return None
-        run = format_of(spec).predictor(path, builder.info_for(spec))
+        run = format_of(self.spec).predictor(self.path, self.builder.info_for(self.spec))
+        validation = self.validation
         figures = measure(run(validation.images), validation.reference, validation.targets)
-        passes = not figures.failures(threshold)
+        passes = not figures.failures(self.threshold)
         log.info(
             "  %s: validation accuracy %.2f%% (%+.2f pp), confident agreement %.2f%%: %s",
             remedy,
@@ -177,22 +171,35 @@ def control_accuracy(
             100 * figures.confident_agreement,
             "would pass" if passes else "would fail",
         )
-        return Trial(remedy, recipe, figures, passes, path.stat().st_size)
+        return Trial(remedy, recipe, figures, passes, self.path.stat().st_size)
 
-    def within_budget(remedy: str, recipe: Int8Recipe) -> Trial | None:
-        if time.monotonic() - started > settings.budget_s:
+    def within_budget(self, remedy: str, recipe: Int8Recipe) -> Trial | None:
+        """:meth:`run`, unless the budget is spent (then BudgetSpent ends the search)."""
+        if self.seconds() > self.settings.budget_s:
             raise BudgetSpent(remedy)
-        return trial(remedy, recipe)
+        return self.run(remedy, recipe)
 
-    tried = [trial("plain post-training int8", plain)]
-    fp32_bytes = _fp32_bytes(builder, spec)
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+def control_accuracy(
+    builder: Builder, name: str, threshold: Threshold, settings: ControlSettings, failed: ParityResult
+) -> dict:
+    """Repair the failing int8 artifact ``name`` in place; returns what was tried and chosen."""
+    trials = Trials(builder, name, threshold, settings)
+    plain = builder.default_int8()
+    errors = _diagnosed(builder, name, trials.path, plain)
+    worst = worst_first(errors)
+    tried = [trials.run("plain post-training int8", plain)]
+    fp32_bytes = _fp32_bytes(builder, trials.spec)
     size_limit = max(settings.max_size_share, tried[0].bytes / fp32_bytes + settings.min_size_headroom) * fp32_bytes
     try:
-        chosen = _search(builder, name, plain, settings, worst, size_limit, tried, within_budget)
+        chosen = _search(builder, name, plain, settings, worst, size_limit, tried, trials.within_budget)
     except BudgetSpent as spent:
         chosen = None
         log.warning("  time budget of %.0f s spent: %s and later remedies not tried", settings.budget_s, spent)
-        skipped.append({"remedy": str(spent), "reason": f"time budget of {settings.budget_s:.0f} s spent"})
+        trials.skipped.append({"remedy": str(spent), "reason": f"time budget of {settings.budget_s:.0f} s spent"})
     final = chosen if chosen is not None else _best(tried)
     builder.build(name, final.recipe)
     return {
@@ -200,18 +207,32 @@ def control_accuracy(
         "float_ops": list(final.recipe.float_ops),
         "recipe": final.recipe.describe(),
         "tried": [t.record() for t in tried],
-        "skipped": skipped,
+        "skipped": trials.skipped,
         "budget_s": settings.budget_s,
-        "seconds": round(time.monotonic() - started, 1),
+        "seconds": round(trials.seconds(), 1),
         "before": {
             "accuracy": failed.accuracy,
             "delta_pp": failed.delta_pp,
             "confident_agreement": failed.confident_agreement,
         },
         "failures_before": list(failed.failures),
-        "validation_images": len(validation.images),
+        "validation_images": len(trials.validation.images),
         "layer_errors": [e.as_dict() for e in errors],
     }
+
+
+def _diagnosed(builder: Builder, name: str, path: Path, plain: Int8Recipe) -> list[LayerError]:
+    """The per-layer report of the plain int8 artifact (post-training int8 only), its worst logged."""
+    spec = ARTIFACTS[name]
+    errors = safe_layer_errors(builder, name, path, plain) if spec.post_training_int8 else []
+    worst = worst_first(errors)
+    if worst:
+        log.info(
+            "%s: worst quantized tensors: %s",
+            spec.filename,
+            ", ".join(f"{short_name(e.name)} ({e.sqnr_db:.1f} dB)" for e in worst[:3]),
+        )
+    return errors
 
 
 def _search(

@@ -25,7 +25,7 @@ from export.formats import ARTIFACTS, DEFAULT_ARTIFACTS, QAT_ARTIFACTS, format_o
 from export.formats.base import ArtifactSpec
 from export.latency import batch1_latency_ms
 from export.parity import CONFIDENT_MARGIN, DEFAULT_THRESHOLDS, DRIFT_PERCENTILE, ParityResult, Threshold, compare
-from export.publish import manifest_entry, output_folder, publish, still_valid_entries
+from export.publish import new_manifest_entry, output_folder, publish, still_valid_entries
 from export.quantize import Int8Recipe
 from export.report import parity_json, parity_markdown, plot_confusion, plot_layer_errors
 from export.sampling import calibration_indices
@@ -222,7 +222,7 @@ def export(source: Source, config: ExportConfig) -> Release:
         publishing = passed and not (config.all_or_nothing and len(passed) < len(results))
         manifest = None
         if publishing:
-            entries = [manifest_entry(r, staging) for r in passed] + carried
+            entries = [new_manifest_entry(r, staging) for r in passed] + carried
             entries.sort(key=lambda e: release_rank(e["path"]))
             manifest = {key: context[key] for key in context} | {"artifacts": entries}
         published, rejected = publish(workspace, results, config.all_or_nothing, manifest)

@@ -309,7 +309,9 @@ def _reject(workspace: Workspace, rejected: list[ParityResult]) -> None:
             shutil.copy2(staging / name, target / name)
 
 
-def manifest_entry(result: ParityResult, staging: Path) -> dict:
+def new_manifest_entry(result: ParityResult, staging: Path) -> dict:
+    """The manifest entry of a passed artifact, built from its gate figures (the runtime reads
+    entries with ``runtime.artifacts.manifest_entry``)."""
     entry = {
         "path": result.path,
         "format": result.format,

@@ -32,6 +32,7 @@ import_tensorflow_quietly()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from export.formats import ARTIFACTS  # noqa: E402
 from runtime.files import atomic_write  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -224,10 +225,10 @@ def render(rows: list[dict], machine: str) -> str:
     ]
     for row in rows:
         artifacts = row.get("artifacts", {})
-        fp32 = [artifacts.get(name, {}).get("passed") for name in ("onnx_fp32", "tflite_fp32")]
+        fp32 = [artifacts.get(name, {}).get("passed") for name in ZOO_FORMATS if ARTIFACTS[name].precision == "fp32"]
         converts = "yes" if all(fp32) else "no"
         converts = f"no: {row['error']}" if "error" in row else converts
-        for i, name in enumerate(("onnx_int8", "tflite_int8")):
+        for i, name in enumerate(n for n in ZOO_FORMATS if ARTIFACTS[n].precision == "int8"):
             a = artifacts.get(name)
             first = (
                 [

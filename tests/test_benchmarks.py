@@ -12,7 +12,8 @@ from PIL import Image
 
 from benchmarks.__main__ import main, thread_list
 from benchmarks.report import targets
-from benchmarks.stats import measure, percentile, summarize, throughput
+from benchmarks.stats import percentile, summarize, throughput
+from export.latency import measure
 
 
 def test_percentiles_interpolate_between_order_statistics():
@@ -144,3 +145,13 @@ def test_no_models_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_an_unwritable_report_folder_is_refused_before_any_measuring(tmp_path, capsys):
+    (tmp_path / "models" / "fashion_mnist").mkdir(parents=True)
+    (tmp_path / "models" / "fashion_mnist" / "model.keras").write_bytes(b"")
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "reports"
+    assert main(["--models-dir", str(tmp_path / "models"), "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: cannot write the reports there") and err.count("\n") == 1

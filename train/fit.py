@@ -273,67 +273,25 @@ def train(config: TrainConfig) -> dict:
     log.info(
         "training %s on %s with %s%s", config.arch, config.dataset.name, device, " (mixed precision)" if mixed else ""
     )
-
-    data = subset(config.dataset, 2000, 500, config.seed) if config.quick else config.dataset
-    recipe = config.recipe
+    data, (x_train, y_train), (x_val, y_val) = _splits(config)
+    recipe, k = config.recipe, data.num_classes
     epochs = config.epochs or (2 if config.quick else recipe.epochs)
-    (x_train, y_train), (x_val, y_val) = train_val_split(data.x_train, data.y_train, recipe.val_fraction, config.seed)
-    k, batch_size = data.num_classes, recipe.batch_size
-    if len(x_train) < batch_size:
-        raise DataError(
-            f"{data.name}: {len(x_train)} training images (after the validation hold-out) do not fill one batch "
-            f"of {batch_size}; use a smaller --batch-size"
-        )
-
-    out = config.out_dir
-    ckpt = out / "checkpoints"
-    if not config.resume and ckpt.exists():
-        shutil.rmtree(ckpt)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    log_path = ckpt / "epochs.csv"
-    best_so_far = max(_read_log(log_path).get("val_accuracy", [None]) or [None], default=None)
-    if config.resume and not (ckpt / "backup").exists():
-        log.warning("nothing to resume in %s: starting from epoch 1", ckpt)
-    first_epoch = _resumed_epoch(ckpt / "backup") if config.resume else 0
-
+    state = _checkpoints(config)
     workers = min(4, os.cpu_count() or 1)
     train_ds = Batches(
         x_train,
         y_train,
         k,
-        batch_size,
+        recipe.batch_size,
         training=True,
         augment=recipe.augment,
         seed=config.seed,
         workers=workers,
-        first_epoch=first_epoch,
+        first_epoch=state.first_epoch,
     )
-    val_ds = Batches(x_val, y_val, k, batch_size, workers=workers) if len(x_val) else None
-    test_ds = Batches(data.x_test, data.y_test, k, batch_size)
-
+    val_ds = Batches(x_val, y_val, k, recipe.batch_size, workers=workers) if len(x_val) else None
     with scope:
-        model = _build(config.arch, data, k)
-        if WHITEN_LAYER in {layer.name for layer in model.layers}:
-            init_airbench(model, x_train, WHITEN_LAYER, config.seed, recipe.whiten, recipe.identity_init)
-        model.compile(
-            optimizer=_optimizer(recipe, len(train_ds), epochs),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
-            metrics=["accuracy"],
-        )
-    best_path = ckpt / "best.keras"
-    callbacks = [keras.callbacks.BackupAndRestore(str(ckpt / "backup"), delete_checkpoint=False)]
-    if val_ds is not None:  # without a hold-out there is nothing to select by: the last epoch ships
-        callbacks.append(
-            keras.callbacks.ModelCheckpoint(
-                str(best_path),
-                monitor="val_accuracy",
-                mode="max",
-                save_best_only=True,
-                initial_value_threshold=best_so_far,
-            )
-        )
-    # Logged after the checkpoints are written: an epoch in the log is an epoch a resume can rely on.
-    callbacks += [keras.callbacks.CSVLogger(str(log_path), append=config.resume), EpochSeeds(config.seed)]
+        model = _compiled_model(config, data, x_train, len(train_ds), epochs)
     started = time.perf_counter()
     # shuffle=False: Batches orders each epoch itself from (seed, epoch); Keras would otherwise also
     # reorder the batches with Python's global random state, which no checkpoint restores.
@@ -341,15 +299,15 @@ def train(config: TrainConfig) -> dict:
         train_ds,
         validation_data=val_ds,
         epochs=epochs,
-        callbacks=callbacks,
+        callbacks=_callbacks(config, state, validating=val_ds is not None),
         shuffle=False,
         verbose=1 if os.isatty(2) else 2,
     )
     wall = time.perf_counter() - started
 
-    final = _float32_copy(config.arch, best_path if val_ds is not None and best_path.exists() else model)
-    test_acc, test_loss = evaluate(final, test_ds)
-    history = _read_log(log_path)
+    final = _float32_copy(config.arch, state.best if val_ds is not None and state.best.exists() else model)
+    test_acc, test_loss = evaluate(final, Batches(data.x_test, data.y_test, k, recipe.batch_size))
+    history = _read_log(state.log)
     metrics = {
         "dataset": data.name,
         "arch": config.arch,
@@ -361,7 +319,7 @@ def train(config: TrainConfig) -> dict:
         "train_images": len(x_train),
         "val_images": len(x_val),
         "test_images": len(data.x_test),
-        "batch_size": batch_size,
+        "batch_size": recipe.batch_size,
         "seed": config.seed,
         "quick": config.quick,
         "recipe": asdict(recipe),
@@ -373,10 +331,7 @@ def train(config: TrainConfig) -> dict:
         "labels": list(data.labels),
         "input_shape": list(data.input_shape),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_save(final, out / "model.keras")
-    write_json(out / "history.json", history)
-    write_json(out / "metrics.json", metrics)
+    _write_outputs(config.out_dir, final, history, metrics)
     log.info(
         "%s/%s: test accuracy %.2f%% (%d params, %.0f s)",
         data.name,
@@ -386,6 +341,92 @@ def train(config: TrainConfig) -> dict:
         wall,
     )
     return metrics
+
+
+def _splits(config: TrainConfig) -> tuple[Dataset, tuple, tuple]:
+    """The data (a small subset with ``--quick``) and its training and validation splits; a
+    training split too small for one batch is one clear error."""
+    data = subset(config.dataset, 2000, 500, config.seed) if config.quick else config.dataset
+    recipe = config.recipe
+    train_split, val_split = train_val_split(data.x_train, data.y_train, recipe.val_fraction, config.seed)
+    if len(train_split[0]) < recipe.batch_size:
+        raise DataError(
+            f"{data.name}: {len(train_split[0])} training images (after the validation hold-out) do not fill one "
+            f"batch of {recipe.batch_size}; use a smaller --batch-size"
+        )
+    return data, train_split, val_split
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where a run keeps what a resume needs: Keras' backup, the best model, the epoch log."""
+
+    folder: Path
+    best_so_far: float | None  # the best validation accuracy an interrupted run had logged
+    first_epoch: int
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.keras"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "epochs.csv"
+
+    @property
+    def backup(self) -> Path:
+        return self.folder / "backup"
+
+
+def _checkpoints(config: TrainConfig) -> Checkpoints:
+    """The checkpoint folder, emptied unless this run resumes the last one."""
+    folder = config.out_dir / "checkpoints"
+    if not config.resume and folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    best_so_far = max(_read_log(folder / "epochs.csv").get("val_accuracy", [None]) or [None], default=None)
+    if config.resume and not (folder / "backup").exists():
+        log.warning("nothing to resume in %s: starting from epoch 1", folder)
+    first_epoch = _resumed_epoch(folder / "backup") if config.resume else 0
+    return Checkpoints(folder, best_so_far, first_epoch)
+
+
+def _compiled_model(config: TrainConfig, data: Dataset, x_train: np.ndarray, steps: int, epochs: int) -> keras.Model:
+    """The architecture, initialized as its recipe says and compiled with its optimizer."""
+    recipe = config.recipe
+    model = _build(config.arch, data, data.num_classes)
+    if WHITEN_LAYER in {layer.name for layer in model.layers}:
+        init_airbench(model, x_train, WHITEN_LAYER, config.seed, recipe.whiten, recipe.identity_init)
+    model.compile(
+        optimizer=_optimizer(recipe, steps, epochs),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _callbacks(config: TrainConfig, state: Checkpoints, validating: bool) -> list[keras.callbacks.Callback]:
+    """Backup for resuming, the best epoch by validation accuracy, the epoch log and the seeds."""
+    callbacks = [keras.callbacks.BackupAndRestore(str(state.backup), delete_checkpoint=False)]
+    if validating:  # without a hold-out there is nothing to select by: the last epoch ships
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                str(state.best),
+                monitor="val_accuracy",
+                mode="max",
+                save_best_only=True,
+                initial_value_threshold=state.best_so_far,
+            )
+        )
+    # Logged after the checkpoints are written: an epoch in the log is an epoch a resume can rely on.
+    return callbacks + [keras.callbacks.CSVLogger(str(state.log), append=config.resume), EpochSeeds(config.seed)]
+
+
+def _write_outputs(out: Path, model: keras.Model, history: dict, metrics: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_save(model, out / "model.keras")
+    write_json(out / "history.json", history)
+    write_json(out / "metrics.json", metrics)
 
 
 def _float32_copy(arch: str, source: keras.Model | Path) -> keras.Model:

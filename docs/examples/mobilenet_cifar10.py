@@ -1,4 +1,4 @@
-"""Train a keras.applications MobileNetV2 on CIFAR-10 the way a user would, for the README's
+"""Train a keras.applications MobileNetV2 on CIFAR-10 the way a user would, for the docs'
 "Export your own model" example.
 
 The model takes raw 0..255 pixels and scales them itself (``Rescaling(1/127.5, offset=-1)``, the

@@ -57,6 +57,7 @@ class BenchRunner:
     label: str
     kind: str
     runtime: str  # the library that runs it, for memory figures and grouping
+    module: str  # the module to import before timing the load (so load times exclude import times)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Builder(Protocol):
 class Format(ABC):
     """A family of artifacts sharing one file type and one runtime."""
 
+    title: str  # "ONNX", for reports
     name: str  # "onnx": artifact names are ``<name>_<precision>`` and ``<name>_qat_int8``
     suffix: str  # ".onnx"
     layout: str  # the layout of the model's input: "NCHW" or "NHWC"

@@ -28,13 +28,14 @@ log = logging.getLogger(__name__)
 
 
 class OnnxFormat(Format):
+    title = "ONNX"
     name = "onnx"
     suffix = ".onnx"
     layout = "NCHW"
     precisions = ("fp32", "int8")
     bench_runners = (
-        BenchRunner("ort_{precision}", "ORT {precision} (runtime)", "ort_runtime", "onnxruntime"),
-        BenchRunner("ort_bare_{precision}", "ORT {precision} (bare session)", "ort_bare", "onnxruntime"),
+        BenchRunner("ort_{precision}", "ORT {precision} (runtime)", "ort_runtime", "onnxruntime", "onnxruntime"),
+        BenchRunner("ort_bare_{precision}", "ORT {precision} (bare session)", "ort_bare", "onnxruntime", "onnxruntime"),
     )
 
     def info_extra(self, spec: ArtifactSpec) -> dict:

@@ -22,11 +22,14 @@ if TYPE_CHECKING:
 
 
 class TFLiteFormat(Format):
+    title = "TFLite"
     name = "tflite"
     suffix = ".tflite"
     layout = "NHWC"
     precisions = ("fp32", "fp16", "dynamic", "int8")
-    bench_runners = (BenchRunner("litert_{precision}", "LiteRT {precision}", "litert", "litert"),)
+    bench_runners = (
+        BenchRunner("litert_{precision}", "LiteRT {precision}", "litert", "litert", "ai_edge_litert.interpreter"),
+    )
 
     def sidecars(self, filename: str) -> list[str]:
         return [filename + ".json"]
