@@ -11,6 +11,7 @@ from pathlib import Path
 from benchmarks.bench import BenchConfig, BenchError, benchmark
 from benchmarks.report import write_reports
 from runtime.artifacts import MANIFEST, default_models_dir
+from runtime.cli import EXIT_OK, run_command
 from runtime.files import ensure_writable
 
 log = logging.getLogger("benchmarks")
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     models_dir = args.models_dir or default_models_dir()
     config = config_from(args)
-    try:
+
+    def body() -> int:
         if not models_dir.is_dir():
             raise BenchError(f"{models_dir}: no such models folder")
         folders = dataset_folders(models_dir, args.dataset)
@@ -116,13 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         for folder in folders:
             paths = write_reports(benchmark(folder, config, test_images(folder.name, args.data_dir)), args.out)
             print(f"{folder.name}: " + ", ".join(str(p) for p in paths))
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: no report written for the dataset in progress", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_OK
+
+    return run_command(body, (BenchError,), "interrupted: no report written for the dataset in progress")
 
 
 if __name__ == "__main__":

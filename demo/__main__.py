@@ -147,21 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # SIGTERM (a service manager's stop) ends like Ctrl-C, so the upload folder is removed at exit
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    from runtime.cli import fail
     from runtime.errors import ModelError
 
     try:
         app, folders = create(args)
     except ModelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     try:
         launch(app, folders, args)
     except ValueError as exc:  # a bad auth file
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     except OSError as exc:  # port taken, address not available
-        print(f"error: cannot serve on {args.host}:{args.port} ({exc})", file=sys.stderr)
-        return 2
+        return fail(f"cannot serve on {args.host}:{args.port} ({exc})")
     except KeyboardInterrupt:
         pass
     return 0

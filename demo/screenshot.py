@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime.cli import fail
+
 CHROMIUM = "/usr/bin/chromium"
 LABEL = '[data-testid="label-output-value"]'
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
@@ -58,11 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chromium", default=CHROMIUM, help=f"Chromium binary (default: {CHROMIUM})")
     args = parser.parse_args(argv)
     if not Path(args.chromium).is_file():
-        print(f"error: {args.chromium}: no Chromium binary (Debian: apt-get install chromium)", file=sys.stderr)
-        return 2
+        return fail(f"{args.chromium}: no Chromium binary (Debian: apt-get install chromium)")
     if not args.image.is_file():
-        print(f"error: {args.image}: no such image", file=sys.stderr)
-        return 2
+        return fail(f"{args.image}: no such image")
     try:
         label = capture(args.url, args.image, args.out, args.model, args.chromium)
     except Exception as exc:  # Playwright's errors: browser launch, navigation, timeouts

@@ -14,8 +14,8 @@ import warnings
 from pathlib import Path
 
 from runtime.artifacts import default_models_dir
+from runtime.cli import EXIT_FAILED, EXIT_OK, run_command
 from runtime.native_logs import import_tensorflow_quietly  # noqa: E402
-from runtime.text import printable
 
 import_tensorflow_quietly()
 
@@ -37,8 +37,6 @@ from export.tta import TTA_CHOICES  # noqa: E402
 from runtime.errors import RuntimeFailure  # noqa: E402
 from train.datasets import REGISTRY  # noqa: E402
 from train.errors import DataError  # noqa: E402
-
-EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -328,21 +326,16 @@ def main(argv: list[str] | None = None) -> int:
             budget_s=args.control_budget,
         ),
     )
-    all_passed = True
-    try:
+
+    def body() -> int:
+        all_passed = True
         for load in sources(args):
             source = load()
             all_passed &= report(export(source, config), source.data.name)
-    except (ExportError, DataError, RuntimeFailure) as exc:
-        print(f"error: {printable(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:  # the disk filled up or a folder turned read-only mid-run
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted: nothing was published by the unfinished run", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return EXIT_OK if all_passed else EXIT_GATE_FAILED
+        return EXIT_OK if all_passed else EXIT_FAILED  # some artifact failed its gate
+
+    errors = (ExportError, DataError, RuntimeFailure)
+    return run_command(body, errors, "interrupted: nothing was published by the unfinished run")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from export.errors import OutlierError  # noqa: E402
+from runtime.cli import fail  # noqa: E402
 from runtime.native_logs import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
@@ -62,22 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = keras.models.load_model(args.source, compile=False)
     except Exception as exc:  # Keras raises many types for a missing or damaged archive
-        print(f"error: {args.source}: cannot load the Keras model ({str(exc).splitlines()[0][:200]})", file=sys.stderr)
-        return 2
+        return fail(f"{args.source}: cannot load the Keras model ({str(exc).splitlines()[0][:200]})")
     probe = np.random.default_rng(0).random((8, *model.input_shape[1:]), dtype=np.float32)
     before = np.asarray(model(probe, training=False))
     try:
         where = add_outlier_channel(model, args.factor, args.channel)
     except OutlierError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"{exc}")
     drift = float(np.max(np.abs(np.asarray(model(probe, training=False)) - before)))
     try:
         with atomic_path(args.destination, ".keras") as partial:
             model.save(partial)
     except OSError as exc:
-        print(f"error: {args.destination}: cannot write ({exc.strerror or exc})", file=sys.stderr)
-        return 2
+        return fail(f"{args.destination}: cannot write ({exc.strerror or exc})")
     print(f"{args.destination}: outlier in {where}; float outputs changed by at most {drift:.2g}")
     return 0
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from runtime.classifier import Classifier
+from runtime.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, fail
 from runtime.errors import InputError, RuntimeFailure
 from runtime.preprocess import find_images, to_pixels
 from runtime.text import printable, utf8_safe
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_BATCH_SIZE = 4096
 LOOKAHEAD = 64  # decoded images waiting per worker
 CORES = os.cpu_count() or 1
@@ -115,10 +115,6 @@ def format_json(name: str, top: list[tuple[str, float]], labels: tuple[str, ...]
     return json.dumps({"file": utf8_safe(name), **ranked[0], "top_k": ranked}, allow_nan=False)
 
 
-def report_error(message: str) -> None:
-    print(f"error: {printable(message)}", file=sys.stderr)
-
-
 def decoded(
     items: Iterator[tuple[str, InputError | None]], info, workers: int
 ) -> Iterator[tuple[str, np.ndarray | InputError]]:
@@ -163,7 +159,7 @@ def classify_files(clf: Classifier, inputs: list[str], top_k: int, as_json: bool
         for (name, _), top, ok in zip(pending, clf.top_k(probabilities, top_k), finite):
             if not ok:
                 failed += 1
-                report_error(f"{name}: the model's scores are not finite numbers (NaN or infinity); it is broken")
+                fail(f"{name}: the model's scores are not finite numbers (NaN or infinity); it is broken")
                 continue
             print(format_json(name, top, clf.labels) if as_json else format_human(name, top), flush=False)
         sys.stdout.flush()
@@ -172,7 +168,7 @@ def classify_files(clf: Classifier, inputs: list[str], top_k: int, as_json: bool
     for name, result in decoded(expand_inputs(inputs), clf.info, workers):
         if isinstance(result, InputError):
             failed += 1
-            report_error(str(result))
+            fail(str(result))
         else:
             pending.append((name, result))
         if len(pending) >= clf.batch_size:
@@ -192,8 +188,7 @@ def run_in_worker(argv: list[str], timeout: float) -> int:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-            report_error(f"stopped after {timeout:g} s (--timeout): the model did not finish; results above are kept")
-            return EXIT_USAGE
+            return fail(f"stopped after {timeout:g} s (--timeout): the model did not finish; results above are kept")
         except KeyboardInterrupt:
             child.kill()
             child.wait()
@@ -226,15 +221,14 @@ def main(argv: list[str] | None = None) -> int:
             clf = Classifier.for_dataset(args.dataset, args.precision, threads=args.threads, batch_size=args.batch_size)
         failed = classify_files(clf, args.inputs, args.top_k, args.json, args.workers)
     except RuntimeFailure as exc:
-        report_error(str(exc))
-        return EXIT_USAGE
+        return fail(str(exc))
     except BrokenPipeError:
         sys.stderr.close()
         return EXIT_OK
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from runtime.artifacts import default_models_dir
+from runtime.cli import EXIT_OK, run_command
 from runtime.files import ensure_writable
 from runtime.native_logs import import_tensorflow_quietly  # noqa: E402
-from runtime.text import printable
 from train.errors import TrainError  # noqa: E402
 
 import_tensorflow_quietly()
@@ -151,18 +151,12 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
         run(args)
-    except TrainError as exc:  # a DataError too
-        print(f"error: {printable(str(exc))}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the disk filled up or a folder turned read-only mid-run
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: continue with --resume", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_OK
+
+    return run_command(body, (TrainError,), "interrupted: continue with --resume")  # a DataError is a TrainError
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from runtime.cli import fail
 from runtime.native_logs import import_tensorflow_quietly
 
 import_tensorflow_quietly()
@@ -109,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dataset = load_dataset(args.dataset, args.data_dir)
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"{exc}")
     report = args.out / dataset.name / "ablation.json"
     rows = json.loads(report.read_text()) if report.is_file() else []
     try:
