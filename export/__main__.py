@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from runtime.artifacts import default_models_dir
@@ -20,19 +21,13 @@ from runtime.native_logs import import_tensorflow_quietly  # noqa: E402
 import_tensorflow_quietly()
 
 from export.accuracy_control import REMEDIES, ControlSettings  # noqa: E402
+from export.api import ExportReport, export_model, export_release  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.formats import DEFAULT_ARTIFACTS  # noqa: E402
 from export.parity import THRESHOLD_SYNTAX, parse_thresholds  # noqa: E402
-from export.pipeline import DEFAULT_CALIBRATION_SAMPLES, ExportConfig, Release, export  # noqa: E402
+from export.pipeline import DEFAULT_CALIBRATION_SAMPLES  # noqa: E402
 from export.quantize import CALIBRATION_METHODS  # noqa: E402
-from export.report import status_rows, status_text  # noqa: E402
-from export.source import (  # noqa: E402
-    Preprocessing,
-    Source,
-    import_user_module,
-    release_source,
-    user_source,
-)
+from export.source import Preprocessing, import_user_module  # noqa: E402
 from export.tta import TTA_CHOICES  # noqa: E402
 from runtime.errors import RuntimeFailure  # noqa: E402
 from train.datasets import REGISTRY  # noqa: E402
@@ -266,22 +261,59 @@ def parse_labels(text: str) -> tuple[str, ...]:
     return labels
 
 
-def sources(args: argparse.Namespace) -> list[Source] | list:
-    """What to export, loaded lazily one at a time (a release of two datasets, or one model)."""
-    if args.model is not None:
-        preprocessing = Preprocessing.parse(args.pixel_range, args.mean, args.std)
-        labels = parse_labels(args.labels) if args.labels else None
-        if args.custom_objects:
-            import_user_module(args.custom_objects)
-        model, dataset, trust = args.model, args.dataset, args.trust_model_code
-        return [lambda: user_source(model, dataset, args.data_dir, args.out, preprocessing, labels, trust)]
-    names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
-    return [lambda name=name: release_source(name, args.models_dir, args.data_dir) for name in names]
+def runs(args: argparse.Namespace) -> list[Callable[[], ExportReport]]:
+    """What to export, one call of the Python API each (a release of two datasets, or one model)."""
+    options = {
+        "calibration_samples": args.calibration_samples,
+        "calibration_method": args.calibration_method,
+        "thresholds": args.thresholds,
+        "all_or_nothing": args.all_or_nothing,
+        "allow_worse": args.allow_worse,
+        "force": args.force,
+        "tta": args.tta,
+        "control": ControlSettings(
+            enabled=not args.no_accuracy_control,
+            remedies=args.remedies,
+            diagnose=args.diagnose,
+            max_float_ops=args.max_float_ops,
+            budget_s=args.control_budget,
+        ),
+        "formats": args.formats,
+    }
+    if args.model is None:
+        names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
+        release = {
+            "models_dir": args.models_dir,
+            "data_dir": args.data_dir,
+            "qat": args.qat,
+            "qat_epochs": args.qat_epochs,
+        }
+        return [lambda name=name: export_release(name, **release, **options) for name in names]
+    preprocessing = Preprocessing.parse(args.pixel_range, args.mean, args.std)
+    if args.custom_objects:
+        import_user_module(args.custom_objects)
+
+    def run() -> ExportReport:
+        return export_model(
+            args.model,
+            args.dataset,
+            out=args.out or args.model.with_suffix(""),
+            pixel_range=(preprocessing.low, preprocessing.high),
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+            labels=parse_labels(args.labels) if args.labels else None,
+            data_dir=args.data_dir,
+            trust_model_code=args.trust_model_code,
+            **options,
+        )
+
+    return [run]
 
 
-def report(release: Release, name: str) -> bool:
+def announce(report: ExportReport) -> bool:
     """Print the status table and what happened; True if every artifact passed."""
-    print(status_text(status_rows(release.results, release.carried, release.latency_ms)))
+    release, name = report.release, report.dataset
+    print(report)
     if release.published:
         print(f"{name}: published {len(release.published)} artifact(s) to {release.folder}")
     if release.rejected:
@@ -293,7 +325,7 @@ def report(release: Release, name: str) -> bool:
             + f"; candidates and reports kept in {release.folder / 'rejected'}",
             file=sys.stderr,
         )
-    return not release.rejected
+    return report.passed
 
 
 def quiet_libraries() -> None:
@@ -307,31 +339,11 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_libraries()
-    config = ExportConfig(
-        formats=args.formats,
-        qat=args.qat,
-        qat_epochs=args.qat_epochs,
-        calibration_samples=args.calibration_samples,
-        calibration_method=args.calibration_method,
-        thresholds=args.thresholds,
-        all_or_nothing=args.all_or_nothing,
-        allow_worse=args.allow_worse,
-        force=args.force,
-        tta=args.tta,
-        control=ControlSettings(
-            enabled=not args.no_accuracy_control,
-            remedies=args.remedies,
-            diagnose=args.diagnose,
-            max_float_ops=args.max_float_ops,
-            budget_s=args.control_budget,
-        ),
-    )
 
     def body() -> int:
         all_passed = True
-        for load in sources(args):
-            source = load()
-            all_passed &= report(export(source, config), source.data.name)
+        for run in runs(args):
+            all_passed &= announce(run())
         return EXIT_OK if all_passed else EXIT_FAILED  # some artifact failed its gate
 
     errors = (ExportError, DataError, RuntimeFailure)

@@ -4,8 +4,9 @@ Two ways in, one result (:class:`Source`):
 
 * the release flow, ``--dataset fashion_mnist|cifar10``: ``models/<dataset>/model.keras`` as
   ``python -m train`` wrote it, fed [0, 1] pixels, published beside it;
-* a user's own model, ``--model PATH.keras --dataset NAME|PATH``: any Keras 3 image classifier,
-  fed what ``--pixel-range``/``--mean``/``--std`` say it expects, published into ``--out``.
+* a user's own model (``export.api.export_model``, ``--model PATH.keras --dataset NAME|PATH``):
+  any Keras 3 image classifier, fed what ``--pixel-range``/``--mean``/``--std`` say it expects,
+  published into ``--out``.
 
 Whatever the model expects goes into the artifacts' metadata (``ModelInfo``), so the runtime
 feeds every artifact exactly what the float model was measured with. Images of another size or
@@ -62,13 +63,24 @@ class Preprocessing:
     def parse(cls, pixel_range: str | None, mean: str | None, std: str | None) -> Preprocessing:
         """From the command line's ``--pixel-range LOW,HIGH``, ``--mean M[,M,M]``, ``--std S[,S,S]``."""
         low, high = _floats(pixel_range, "--pixel-range", (2,)) if pixel_range else (0.0, 1.0)
-        if high <= low:
-            raise ExportError(f"--pixel-range {pixel_range}: HIGH must be above LOW")
         means = _floats(mean, "--mean", (1, 3)) if mean else (0.0,)
         stds = _floats(std, "--std", (1, 3)) if std else (1.0,)
-        if any(s <= 0 for s in stds):
-            raise ExportError(f"--std {std}: every value must be positive")
-        return cls(low, high, means, stds)
+        return cls.checked((low, high), means, stds)
+
+    @classmethod
+    def checked(cls, pixel_range: tuple, mean: tuple, std: tuple) -> Preprocessing:
+        """From numbers (the Python API's), refused with the option's name if they make no sense."""
+        values = [*pixel_range, *mean, *std]
+        if len(pixel_range) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise ExportError(f"--pixel-range {pixel_range}, --mean {mean}, --std {std}: expected finite numbers")
+        low, high = (float(v) for v in pixel_range)
+        if high <= low:
+            raise ExportError(f"--pixel-range {low:g},{high:g}: HIGH must be above LOW")
+        if len(mean) not in (1, 3) or len(std) not in (1, 3):
+            raise ExportError(f"--mean/--std: give 1 or 3 values, got {len(mean)} and {len(std)}")
+        if any(s <= 0 for s in std):
+            raise ExportError(f"--std {','.join(f'{s:g}' for s in std)}: every value must be positive")
+        return cls(low, high, tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
     def fields(self) -> dict:
         """The equivalent ``ModelInfo`` scaling: ``(pixel * scale - mean) / std``."""
@@ -214,30 +226,11 @@ def release_source(dataset: str, models_dir: Path, data_dir: str | None) -> Sour
     if not path.exists():
         raise ExportError(f"{path}: no trained model; train it first (python -m train --dataset {dataset})")
     model = load_keras_model(path)
-    info = _describe(model, data, data.labels, Preprocessing(), path)
+    info = describe(model, data, data.labels, Preprocessing(), path)
     return Source(model, path, data, info, folder, _training_record(folder))
 
 
-def user_source(
-    model_path: Path,
-    dataset: str,
-    data_dir: str | None,
-    out: Path | None,
-    preprocessing: Preprocessing,
-    labels: tuple[str, ...] | None,
-    trust_code: bool = False,
-) -> Source:
-    """A user's own Keras classifier, measured on ``dataset``'s test split."""
-    model = load_keras_model(model_path, trust_code)
-    data = load_dataset(dataset, data_dir)
-    if labels is not None and len(labels) != data.num_classes:
-        raise ExportError(f"--labels names {len(labels)} classes, but {data.name} has {data.num_classes}")
-    info = _describe(model, data, labels or data.labels, preprocessing, model_path)
-    folder = out or model_path.with_suffix("")
-    return Source(_with_probabilities(model, info, data), model_path, data, info, folder, None)
-
-
-def _describe(model: keras.Model, data: Dataset, labels, preprocessing: Preprocessing, path: Path) -> ModelInfo:
+def describe(model: keras.Model, data: Dataset, labels, preprocessing: Preprocessing, path: Path) -> ModelInfo:
     """The runtime metadata of a model: its input size and channels, labels and scaling."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ExportError(
@@ -267,7 +260,7 @@ def _describe(model: keras.Model, data: Dataset, labels, preprocessing: Preproce
     )
 
 
-def _with_probabilities(model: keras.Model, info: ModelInfo, data: Dataset) -> keras.Model:
+def with_probabilities(model: keras.Model, info: ModelInfo, data: Dataset) -> keras.Model:
     """The model with a fixed input size and one probability per class.
 
     Artifacts always output probabilities: the runtime reports them and the gate compares them.

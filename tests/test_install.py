@@ -66,14 +66,14 @@ def test_the_package_carries_the_int8_models_and_nothing_else_of_the_release(ins
 
 def test_installing_puts_only_edgepack_s_packages_on_the_path_and_warns_of_nothing(install):
     installed, printed = install
-    top_level = sorted(p.name for p in installed.iterdir() if not p.name.endswith(".dist-info"))
-    assert top_level == ["benchmarks", "demo", "export", "runtime", "train"]  # no package called `models`
+    top_level = sorted(p.name for p in installed.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin")
+    assert top_level == ["benchmarks", "demo", "edgepack", "export", "runtime", "train"]  # no package called `models`
     warnings = [line for line in printed.splitlines() if "warn" in line.lower() and "Location" not in line]
     assert not warnings, "\n".join(warnings)
 
 
 def test_every_package_of_the_repository_is_installed(installed):
-    roots = ("runtime", "train", "export", "benchmarks", "demo")
+    roots = ("runtime", "train", "export", "benchmarks", "demo", "edgepack")
     packages = {p.parent.relative_to(ROOT).as_posix() for root in roots for p in (ROOT / root).rglob("__init__.py")}
     assert packages and all((installed / p / "__init__.py").is_file() for p in packages), sorted(packages)
 
@@ -94,3 +94,18 @@ def test_installed_runtime_classifies_both_datasets_out_of_the_box(installed, fa
 def test_artifacts_not_shipped_get_a_clear_message(installed, tmp_path):
     result = classify(installed, tmp_path, "--precision", "fp32", "x.png")
     assert result.returncode == 2 and "carries the int8 ONNX models only" in result.stderr
+
+
+def test_the_edgepack_command_is_installed_and_classifies(installed, fashion, tmp_path):
+    boot = tmp_path / "boot.png"
+    Image.fromarray(fashion.x_test[0][..., 0]).save(boot)
+    script = installed / "bin" / "edgepack"
+    result = subprocess.run(
+        [sys.executable, str(script), "classify", str(boot)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0 and result.stdout.startswith(f"{boot}: Ankle boot"), result.stderr
