@@ -10,8 +10,9 @@ from pathlib import Path
 
 from benchmarks.bench import BenchConfig, BenchError, benchmark
 from benchmarks.report import write_reports
-from runtime.artifacts import MANIFEST, default_models_dir
+from runtime.artifacts import MANIFEST, default_models_dir, read_manifest
 from runtime.cli import EXIT_OK, run_command
+from runtime.errors import ModelError
 from runtime.files import ensure_writable
 
 log = logging.getLogger("benchmarks")
@@ -45,7 +46,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "artifact (ONNX Runtime through the runtime and bare, LiteRT) against the float Keras model, and write "
         "reports/bench-<dataset>.json, .md and .png.",
     )
-    parser.add_argument("--dataset", default="all", help="a dataset folder name under --models-dir, or 'all'")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--dataset", default="all", help="a dataset folder name under --models-dir, or 'all'")
+    where.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="export folders (python -m export --out DIR) to benchmark instead of the release: every published "
+        "artifact in each, reported as bench-<folder name>",
+    )
     parser.add_argument("--models-dir", type=Path, help="the release folder (default: $EDGEPACK_MODELS_DIR or models/)")
     parser.add_argument("--batch-sizes", type=int_list, help="comma-separated (default: 1,8,64; --quick: 1,8)")
     parser.add_argument("--threads", type=thread_list, help="comma-separated counts or 'all' (default: 1,all)")
@@ -89,6 +99,22 @@ def dataset_folders(models_dir: Path, dataset: str) -> list[Path]:
     return folders
 
 
+def export_folders(folders: list[Path]) -> list[Path]:
+    """``--model`` folders: each must hold an export's manifest."""
+    for folder in folders:
+        if not (folder / MANIFEST).is_file():
+            raise BenchError(f"{folder}: no {MANIFEST}; give a folder python -m export published into")
+    return folders
+
+
+def folder_dataset(folder: Path) -> str:
+    """The dataset an export folder was gated on (its manifest says), else the folder's name."""
+    try:
+        return str(read_manifest(folder / MANIFEST)["dataset"])
+    except (ModelError, KeyError):
+        return folder.name
+
+
 def test_images(dataset: str, data_dir: str | None):
     """The dataset's test images for the folder step, or None (with a note) where there is no data."""
     from train.datasets import load_dataset
@@ -108,15 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from(args)
 
     def body() -> int:
-        if not models_dir.is_dir():
+        if args.model is None and not models_dir.is_dir():
             raise BenchError(f"{models_dir}: no such models folder")
-        folders = dataset_folders(models_dir, args.dataset)
+        folders = export_folders(args.model) if args.model else dataset_folders(models_dir, args.dataset)
         try:  # before minutes of measuring
             ensure_writable(args.out)
         except OSError as exc:
             raise BenchError(f"{args.out}: cannot write the reports there ({exc.strerror or exc})") from None
         for folder in folders:
-            paths = write_reports(benchmark(folder, config, test_images(folder.name, args.data_dir)), args.out)
+            images = test_images(folder_dataset(folder), args.data_dir)
+            paths = write_reports(benchmark(folder, config, images), args.out)
             print(f"{folder.name}: " + ", ".join(str(p) for p in paths))
         return EXIT_OK
 

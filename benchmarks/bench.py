@@ -90,7 +90,7 @@ def benchmark(folder: Path, config: BenchConfig, test_images=None) -> dict:
     if not contenders:
         raise BenchError(f"{folder}: nothing to benchmark ({'; '.join(skipped) or 'empty folder'})")
     onnx_int8 = folder / BY_KEY[RUNTIME_KEY].filename  # what `python -m runtime.classify` loads
-    cold = any(c.key == RUNTIME_KEY for c in contenders)
+    cold = config.cold_runs > 0 and any(c.key == RUNTIME_KEY for c in contenders)  # 0 runs: no cold-start step
     workers = sorted({1, all_cores()})
     folder_step = cold and test_images is not None and config.folder_images > 0
     total = len(contenders) * len(config.threads) * len(config.batch_sizes) + (3 * config.cold_runs if cold else 0)

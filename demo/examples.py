@@ -14,7 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from train.datasets import DATA_DIR_ENV, REGISTRY, cache_dir
@@ -34,11 +33,6 @@ def data_dir_from(arg: str | os.PathLike | None) -> Path | None:
 def examples_cache(data_dir: Path) -> Path:
     key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
     return cache_dir() / "demo-examples" / key
-
-
-def first_of_each_class(y: np.ndarray, num_classes: int) -> list[int]:
-    """The index of the first test image of every class, in class order."""
-    return [int(np.flatnonzero(y == k)[0]) for k in range(num_classes) if np.any(y == k)]
 
 
 def slug(label: str) -> str:
@@ -61,18 +55,18 @@ def write_examples(name: str, data_dir: Path, folder: Path) -> list[Path]:
     existing = sorted(target.glob("*.png"))
     if existing:
         return existing
-    try:
-        dataset = REGISTRY[name].load_from(data_dir) if data_dir.is_dir() else None
+    spec = REGISTRY[name]
+    try:  # the few test images shown, never the whole dataset: the page answers within seconds
+        examples = spec.examples_from(data_dir) if data_dir.is_dir() else None
     except DataError as exc:
         log.warning("no %s examples: %s", name, exc)
         return []
-    if dataset is None:
+    if not examples:
         return []
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.mkdir(parents=True, exist_ok=True) or folder))
-    for index in first_of_each_class(dataset.y_test, dataset.num_classes):
-        label = slug(dataset.labels[dataset.y_test[index]])
-        pixels = dataset.x_test[index]
-        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(staging / f"{index:05d}_{label}.png")
+    for number, (index, pixels) in enumerate(examples):
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        image.save(staging / f"{number:05d}_{slug(spec.labels[index])}.png")
     try:
         staging.rename(target)  # all files or none: a half-written folder never passes for the cache
     except OSError:  # another process got there first

@@ -155,3 +155,17 @@ def test_an_unwritable_report_folder_is_refused_before_any_measuring(tmp_path, c
     assert main(["--models-dir", str(tmp_path / "models"), "--quick", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {out}: cannot write the reports there") and err.count("\n") == 1
+
+
+def test_any_export_folder_is_benchmarked_with_model(exported_models, tmp_path, capsys):
+    mine = tmp_path / "my-export"
+    shutil.copytree(exported_models / "fashion_mnist", mine, ignore=shutil.ignore_patterns("model.keras"))
+    out = tmp_path / "reports"
+    args = ["--model", str(mine), "--quick", "--out", str(out), "--folder-images", "0", "--cold-runs", "0"]
+    assert main(args) == 0
+    result = json.loads((out / "bench-my-export.json").read_text())
+    assert {"ort_int8", "litert_int8"} <= {cell["key"] for cell in result["cells"]}
+    assert any("model.keras" in note for note in result["skipped"])  # no float model beside an export
+
+    assert main(["--model", str(tmp_path), "--quick", "--out", str(out)]) == 2
+    assert f"{tmp_path}: no manifest.json" in capsys.readouterr().err

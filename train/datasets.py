@@ -72,6 +72,7 @@ class DatasetSpec:
     input_shape: tuple[int, int, int]
     load_from: Callable[[Path], Dataset | None]
     download: Callable[[], None]
+    examples_from: Callable[[Path], list[tuple[int, np.ndarray]] | None]  # without loading the whole dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ def _decode_entries(entries: Iterator[Entry], source: Path, labels: tuple[str, .
         try:
             image = decode_image(data, name)
             if shape is None:
-                shape = (image.height, image.width, 1 if image.mode in ("L", "I;16", "I", "F", "1") else 3)
+                shape = (image.height, image.width, _channels(image))
             pixels = fit_image(image, *shape, name)
         except InputError as exc:
             raise DataError(str(exc)) from None
@@ -254,6 +255,11 @@ def _decode_entries(entries: Iterator[Entry], source: Path, labels: tuple[str, .
         arrays.append(np.stack([pixels for _, pixels in collected[split]]))
         arrays.append(np.array([index[label] for label, _ in collected[split]], dtype=np.int64))
     return Dataset(dataset_name(source), labels, *arrays)
+
+
+def _channels(image) -> int:
+    """1 for grey-scale images (the modes Pillow decodes them to), else 3."""
+    return 1 if image.mode in ("L", "I;16", "I", "F", "1") else 3
 
 
 def dataset_name(source: Path) -> str:
@@ -404,6 +410,51 @@ def _find_cifar10(root: Path) -> Dataset | None:
     return None
 
 
+def first_of_each_class(y: np.ndarray, num_classes: int) -> list[int]:
+    """The index of the first image of every class, in class order."""
+    return [int(np.flatnonzero(y == k)[0]) for k in range(num_classes) if np.any(y == k)]
+
+
+def _fashion_mnist_examples(root: Path) -> list[tuple[int, np.ndarray]] | None:
+    """The first test image of each class, from the test IDX files alone."""
+    for folder in (root / "fashion-mnist", root / "fashion_mnist", root):
+        images, targets = _idx_file(folder, "t10k-images-idx3-ubyte"), _idx_file(folder, "t10k-labels-idx1-ubyte")
+        if images and targets:
+            x, y = read_idx(images, 2051), read_idx(targets, 2049)
+            return [(int(y[i]), x[i][..., None]) for i in first_of_each_class(y, len(FASHION_MNIST_LABELS))]
+    return None
+
+
+def _cifar10_examples(root: Path) -> list[tuple[int, np.ndarray]] | None:
+    """The first test image of each class, from the test batch or the test images of a folder tree."""
+    if (root / "cifar-10-batches-py" / "test_batch").is_file():
+        x, y = _read_cifar_batch(root / "cifar-10-batches-py" / "test_batch")
+        return [(int(y[i]), x[i]) for i in first_of_each_class(y, len(CIFAR10_LABELS))]
+    for candidate in ("cifar10-jpeg.tar.gz", "cifar10-jpeg", "cifar10", "cifar10.tar.gz"):
+        if (root / candidate).exists():
+            return first_test_images(root / candidate, CIFAR10_LABELS)
+    return None
+
+
+def first_test_images(source: Path, labels: tuple[str, ...]) -> list[tuple[int, np.ndarray]]:
+    """The first test image of each class of an image-folder tree, decoding only those (a demo's
+    examples must not wait for the whole tree to be decoded)."""
+    walk = _walk_directory(source) if source.is_dir() else _walk_tarball(source)
+    first: dict[str, tuple[str, bytes]] = {}
+    for split, label, name, data in walk:
+        if split == "test" and data is not None and label in labels:
+            first.setdefault(label, (name, data))
+    examples = []
+    for label in sorted(first, key=labels.index):
+        name, data = first[label]
+        try:
+            image = decode_image(data, name)
+            examples.append((labels.index(label), fit_image(image, image.height, image.width, _channels(image), name)))
+        except InputError as exc:
+            raise DataError(str(exc)) from None
+    return examples
+
+
 def _keras_download(module: str) -> Callable[[], None]:
     def download() -> None:
         import keras  # deferred: only a download needs it
@@ -415,9 +466,16 @@ def _keras_download(module: str) -> Callable[[], None]:
 
 REGISTRY: dict[str, DatasetSpec] = {
     "fashion_mnist": DatasetSpec(
-        "fashion_mnist", FASHION_MNIST_LABELS, (28, 28, 1), _find_fashion_mnist, _keras_download("fashion_mnist")
+        "fashion_mnist",
+        FASHION_MNIST_LABELS,
+        (28, 28, 1),
+        _find_fashion_mnist,
+        _keras_download("fashion_mnist"),
+        _fashion_mnist_examples,
     ),
-    "cifar10": DatasetSpec("cifar10", CIFAR10_LABELS, (32, 32, 3), _find_cifar10, _keras_download("cifar10")),
+    "cifar10": DatasetSpec(
+        "cifar10", CIFAR10_LABELS, (32, 32, 3), _find_cifar10, _keras_download("cifar10"), _cifar10_examples
+    ),
 }
 
 
