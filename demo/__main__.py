@@ -32,6 +32,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     parser.add_argument("--models-dir", type=Path, help="release folder (default: $EDGEPACK_MODELS_DIR or models/)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="export folders (python -m export --out DIR) to serve instead of the release; labels, preprocessing "
+        "and figures come from each folder's manifest and metadata, examples from its dataset when it is a known one",
+    )
     parser.add_argument("--data-dir", help="datasets folder for the examples (default: $EDGEPACK_DATA_DIR)")
     parser.add_argument(
         "--max-file-size",
@@ -81,20 +89,20 @@ def own_upload_folder() -> None:
 def create(args: argparse.Namespace):
     """The app, queued and ready to launch, plus the folders it may serve files from."""
     own_upload_folder()
-    from demo.app import Demo, build_app, load_models
-    from demo.examples import data_dir_from, find_examples
+    from demo.app import Demo, build_app, load_models, release_folders
+    from demo.examples import data_dir_from, examples_for, find_examples
     from demo.uploads import UploadPolicy, UploadSweeper
     from runtime.artifacts import default_models_dir
 
-    demo = Demo(load_models(args.models_dir or default_models_dir()), UploadPolicy.for_gradio(args.max_file_size))
+    folders = args.model or release_folders(args.models_dir or default_models_dir())
+    demo = Demo(load_models(folders), UploadPolicy.for_gradio(args.max_file_size))
     sweeper = UploadSweeper(demo.uploads.folder, args.max_upload_storage, UPLOAD_MAX_AGE_S).start()
     atexit.register(sweeper.stop)
     data_dir = data_dir_from(args.data_dir)
-    examples = find_examples(data_dir)
+    examples = examples_for(folders, find_examples(data_dir))
     app = build_app(demo, examples, data_dir)
     app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
-    folders = sorted({str(p.parent) for paths in examples.values() for p in paths})
-    return app, folders
+    return app, sorted({str(p.parent) for paths in examples.values() for p in paths})
 
 
 def read_auth_file(path: Path) -> list[tuple[str, str]]:

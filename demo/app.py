@@ -55,11 +55,17 @@ def model_card(dataset: str, precision: str, path: Path, float_accuracy: float |
     return " · ".join(lines)
 
 
-def load_models(models_dir: Path) -> dict[tuple[str, str], LoadedModel]:
-    """Every published fp32 and int8 ONNX artifact, loaded once (sessions are thread-safe)."""
+def release_folders(models_dir: Path) -> list[Path]:
+    """The shipped release's folders, one per dataset."""
+    return [models_dir / dataset for dataset in DATASETS]
+
+
+def load_models(folders: list[Path]) -> dict[tuple[str, str], LoadedModel]:
+    """Every published fp32 and int8 ONNX artifact of each export folder, loaded once (sessions are
+    thread-safe), under the folder's name: a release's ``models/<dataset>`` or any ``--out`` folder."""
     found = {}
-    for dataset in DATASETS:
-        manifest = models_dir / dataset / MANIFEST
+    for folder in folders:
+        manifest = folder / MANIFEST
         if not manifest.is_file():
             continue
         try:
@@ -69,14 +75,15 @@ def load_models(models_dir: Path) -> dict[tuple[str, str], LoadedModel]:
             continue
         for precision in PRECISIONS:
             try:
-                classifier = Classifier.for_dataset(dataset, precision, models_dir, threads=1)
+                classifier = Classifier.for_dataset(folder.name, precision, folder.parent, threads=1)
             except ModelError as exc:
                 log.warning("%s", exc)
                 continue
-            card = model_card(dataset, precision, classifier.path, float_accuracy)
-            found[(dataset, precision)] = LoadedModel(classifier, card)
+            card = model_card(folder.name, precision, classifier.path, float_accuracy)
+            found[(folder.name, precision)] = LoadedModel(classifier, card)
     if not found:
-        raise ModelError(f"{models_dir}: no exported models; run make train export (or make export)")
+        where = ", ".join(str(folder) for folder in folders)
+        raise ModelError(f"{where}: no exported models; run make train export, or python -m export --out DIR")
     return found
 
 

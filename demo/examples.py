@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from runtime.artifacts import MANIFEST, read_manifest
+from runtime.errors import ModelError
 from train.datasets import DATA_DIR_ENV, REGISTRY, cache_dir
 from train.errors import DataError
 
@@ -80,3 +82,16 @@ def find_examples(data_dir: Path | None) -> dict[str, list[Path]]:
         return {name: [] for name in DATASETS}
     folder = examples_cache(data_dir)
     return {name: write_examples(name, data_dir, folder) for name in DATASETS}
+
+
+def examples_for(folders: list[Path], by_dataset: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """The examples of each served folder, by its name: those of the dataset its manifest names,
+    if that is a known dataset (an export of arrays or of an image tree of one's own has none)."""
+    found = {}
+    for folder in folders:
+        try:
+            dataset = read_manifest(folder / MANIFEST).get("dataset")
+        except ModelError:
+            dataset = None
+        found[folder.name] = by_dataset.get(dataset, []) if isinstance(dataset, str) else []
+    return found

@@ -459,7 +459,7 @@ def test_a_malformed_manifest_is_skipped_with_a_warning_or_one_line(tmp_path, ca
     import subprocess
     import sys
 
-    from demo.app import load_models
+    from demo.app import load_models, release_folders
     from runtime.errors import ModelError
 
     models = tmp_path / "models"
@@ -472,7 +472,7 @@ def test_a_malformed_manifest_is_skipped_with_a_warning_or_one_line(tmp_path, ca
     fashion["artifacts"][0]["accuracy"] = "very high"
     (models / "fashion_mnist" / "manifest.json").write_text(json.dumps(fashion))
     with caplog.at_level("WARNING"), pytest.raises(ModelError, match="no exported models"):
-        load_models(models)
+        load_models(release_folders(models))
     assert "'accuracy' must be a finite number" in caplog.text and "unreadable manifest" in caplog.text
     result = subprocess.run(
         [sys.executable, "-m", "demo", "--models-dir", str(models), "--port", str(free_port())],
@@ -483,3 +483,27 @@ def test_a_malformed_manifest_is_skipped_with_a_warning_or_one_line(tmp_path, ca
     )
     errors = [line for line in result.stderr.splitlines() if not line.startswith(("INFO ", "WARNING "))]
     assert result.returncode == 2 and len(errors) == 1 and "no exported models" in errors[0], result.stderr
+
+
+def test_any_export_folder_is_served_with_model(exported_models, shared_data, tmp_path):
+    import shutil
+
+    from demo.examples import example_label
+    from train.datasets import FASHION_MNIST_LABELS
+
+    mine = tmp_path / "my-export"
+    shutil.copytree(exported_models / "fashion_mnist", mine, ignore=shutil.ignore_patterns("model.keras"))
+    args = parse_args(["--port", str(free_port()), "--model", str(mine), "--data-dir", str(shared_data)])
+    app, folders = create(args)
+    launch(app, folders, args, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{args.port}/", verbose=False)
+        examples = find_examples(shared_data)["fashion_mnist"]
+        boot = next(p for p in examples if example_label(p, FASHION_MNIST_LABELS) == "Ankle boot")
+        label, _, card = classify(client, boot, "my-export")
+        assert label["label"] == "Ankle boot" and "my-export / int8" in card
+        with pytest.raises(Exception, match="no such model"):
+            classify(client, boot, "fashion_mnist")  # only the folders asked for are served
+    finally:
+        app.close()
+    assert any("fashion_mnist" in folder for folder in folders)  # its dataset's examples are shown
