@@ -130,7 +130,7 @@ class Builder:
             from export.qat import quantization_aware_model
 
             self._qat_model = quantization_aware_model(
-                self.source.model, self.source.arch, self.source.data, self.config.qat_epochs
+                self.source.model, self.source.trained, self.source.data, self.config.qat_epochs
             )
         return self._qat_model
 
@@ -178,7 +178,7 @@ def _check_not_worse(source: Source, float_accuracy: float, sha256: str, config:
 def export(source: Source, config: ExportConfig) -> Release:
     """Build, gate and publish one model's artifacts."""
     names = list(config.formats) + (list(QAT_ARTIFACTS) if config.qat else [])
-    if config.qat and source.arch is None:
+    if config.qat and source.trained is None:
         raise ExportError(
             f"{source.model_path}: --qat rebuilds a train/ architecture in tf_keras, and this model has none "
             "recorded (metrics.json); export it without --qat"
