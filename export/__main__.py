@@ -23,9 +23,10 @@ import_tensorflow_quietly()
 from export.accuracy_control import REMEDIES, ControlSettings  # noqa: E402
 from export.api import ExportReport, export_model, export_release  # noqa: E402
 from export.errors import ExportError  # noqa: E402
-from export.formats import DEFAULT_ARTIFACTS  # noqa: E402
+from export.formats import DEFAULT_ARTIFACTS, FORMATS  # noqa: E402
+from export.opsets import DEFAULT_OPSET, opset_range  # noqa: E402
 from export.parity import THRESHOLD_SYNTAX, parse_thresholds  # noqa: E402
-from export.pipeline import DEFAULT_CALIBRATION_SAMPLES  # noqa: E402
+from export.pipeline import DEFAULT_CALIBRATION_SAMPLES, check_format_options  # noqa: E402
 from export.quantize import CALIBRATION_METHODS  # noqa: E402
 from export.source import Preprocessing, import_user_module  # noqa: E402
 from export.tta import TTA_CHOICES  # noqa: E402
@@ -118,6 +119,12 @@ def _add_quantization_options(parser: argparse.ArgumentParser) -> None:
         "or all of a smaller training split)",
     )
     parser.add_argument(
+        "--opset",
+        type=int,
+        help=f"ONNX opset of the ONNX artifacts (default: {DEFAULT_OPSET}; this installation writes "
+        f"{opset_range()[0]} to {opset_range()[1]})",
+    )
+    parser.add_argument(
         "--calibration-method",
         choices=tuple(CALIBRATION_METHODS),
         default="minmax",
@@ -200,6 +207,11 @@ def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
 
 def _check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Option values argparse cannot check alone (lists, ranges, thresholds)."""
+    args.format_options = {} if args.opset is None else {_owner("opset"): {"opset": args.opset}}
+    try:
+        check_format_options(args.format_options)
+    except ExportError as exc:
+        parser.error(str(exc))
     args.formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     unknown = [f for f in args.formats if f not in DEFAULT_ARTIFACTS]
     if unknown or not args.formats:
@@ -217,6 +229,11 @@ def _check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             parser.error(f"--{flag.replace('_', '-')} must be at least {least}")
     if not args.control_budget > 0 or args.control_budget == float("inf"):
         parser.error("--control-budget must be a positive number of seconds")
+
+
+def _owner(option: str) -> str:
+    """The registered format that has the export option ``option``."""
+    return next(name for name, fmt in FORMATS.items() if option in fmt.options)
 
 
 def _check_source(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -279,6 +296,7 @@ def runs(args: argparse.Namespace) -> list[Callable[[], ExportReport]]:
             budget_s=args.control_budget,
         ),
         "formats": args.formats,
+        "format_options": args.format_options,
     }
     if args.model is None:
         names = list(REGISTRY) if args.dataset == "all" else [args.dataset]

@@ -25,11 +25,11 @@ import tensorflow as tf
 import tf2onnx
 from onnx import helper, numpy_helper
 
+from export.opsets import DEFAULT_OPSET
 from runtime.metadata import METADATA_KEY, ModelInfo
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
@@ -99,12 +99,12 @@ def convertible_kernels() -> Iterator[None]:
         nn.conv, nn.gelu = originals["conv"], originals["gelu"]
 
 
-def keras_to_onnx(model: keras.Model, info: ModelInfo) -> onnx.ModelProto:
+def keras_to_onnx(model: keras.Model, info: ModelInfo, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Convert to an NCHW-input ONNX model with metadata, validated by the full checker."""
     function = inference_function(model)
     with convertible_kernels():
         proto, _ = tf2onnx.convert.from_function(
-            function, input_signature=function.input_signature, opset=OPSET, inputs_as_nchw=[INPUT_NAME]
+            function, input_signature=function.input_signature, opset=opset, inputs_as_nchw=[INPUT_NAME]
         )
     _fold_captured_inputs(proto, captured_constants(function))
     _name_io(proto)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from export.accuracy_control import ControlSettings, control_accuracy, diagnose
 from export.errors import ExportError
-from export.formats import ARTIFACTS, DEFAULT_ARTIFACTS, QAT_ARTIFACTS, format_of, release_rank
+from export.formats import ARTIFACTS, DEFAULT_ARTIFACTS, FORMATS, QAT_ARTIFACTS, format_of, release_rank
 from export.formats.base import ArtifactSpec
 from export.latency import batch1_latency_ms
 from export.parity import CONFIDENT_MARGIN, DEFAULT_THRESHOLDS, DRIFT_PERCENTILE, ParityResult, Threshold, compare
@@ -57,6 +57,7 @@ class ExportConfig:
     allow_worse: bool = False
     force: bool = False  # publish into a folder holding the user's own files (moved aside, never deleted)
     tta: str = "none"  # "flip": export.tta
+    format_options: dict[str, dict] = field(default_factory=dict)  # per format name, e.g. {"onnx": {"opset": 13}}
     control: ControlSettings = field(default_factory=ControlSettings)
 
 
@@ -91,6 +92,10 @@ class Builder:
     def cache(self, owner: str) -> dict:
         """A dict ``owner`` (a format) keeps its converted pieces in for this run."""
         return self._caches.setdefault(owner, {})
+
+    def options(self, owner: str) -> dict:
+        """The export options of the format ``owner``, its defaults overridden by the config's."""
+        return FORMATS[owner].checked_options(self.config.format_options.get(owner, {}))
 
     def calibration_for(self, samples: int | None) -> np.ndarray:
         """The export's calibration images, or another seeded training sample of ``samples``."""
@@ -183,6 +188,7 @@ def export(source: Source, config: ExportConfig) -> Release:
             f"{source.model_path}: --qat rebuilds a train/ architecture in tf_keras, and this model has none "
             "recorded (metrics.json); export it without --qat"
         )
+    check_format_options(config.format_options)
     available = len(source.data.x_train)
     if config.calibration_samples is None:
         config = replace(config, calibration_samples=min(DEFAULT_CALIBRATION_SAMPLES, available))
@@ -227,6 +233,17 @@ def export(source: Source, config: ExportConfig) -> Release:
             manifest = {key: context[key] for key in context} | {"artifacts": entries}
         published, rejected = publish(workspace, results, config.all_or_nothing, manifest)
     return Release(source.folder, results, published, rejected, latency, carried if manifest else [])
+
+
+def check_format_options(given: dict[str, dict]) -> None:
+    """Every format option names a registered format and is one it can use (else one line)."""
+    for name, options in given.items():
+        if name not in FORMATS:
+            raise ExportError(f"format options for {name!r}: no such format (formats: {', '.join(FORMATS)})")
+        try:
+            FORMATS[name].checked_options(options)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
 
 
 def _gate_one(

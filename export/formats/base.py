@@ -87,6 +87,8 @@ class Builder(Protocol):
 
     def cache(self, owner: str) -> dict: ...
 
+    def options(self, owner: str) -> dict: ...
+
 
 class Format(ABC):
     """A family of artifacts sharing one file type and one runtime."""
@@ -97,7 +99,15 @@ class Format(ABC):
     layout: str  # the layout of the model's input: "NCHW" or "NHWC"
     precisions: tuple[str, ...]  # what post-training export offers; "fp32" first
     bench_runners: tuple[BenchRunner, ...] = ()
-    calibration_methods: tuple[str, ...] = ("minmax",)  # what its int8 calibrator can do
+    options: dict[str, object] = {}  # the format's own export options and their defaults
+
+    def checked_options(self, given: dict) -> dict:
+        """``given`` (from ``ExportConfig.format_options``) over the defaults; ValueError with one
+        line for an option the format does not have or a value it cannot use."""
+        unknown = set(given) - set(self.options)
+        if unknown:
+            raise ValueError(f"{self.title} has no option {sorted(unknown)[0]!r} (it has: {', '.join(self.options)})")
+        return {**self.options, **given}
 
     @property
     def artifacts(self) -> tuple[ArtifactSpec, ...]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from export.formats.base import ArtifactSpec, BenchRunner, Builder, Format, Loaded, Predict
+from export.opsets import DEFAULT_OPSET, opset_range
 from runtime.metadata import ModelInfo
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class OnnxFormat(Format):
     suffix = ".onnx"
     layout = "NCHW"
     precisions = ("fp32", "int8")
+    options = {"opset": DEFAULT_OPSET}
     bench_runners = (
         BenchRunner("ort_{precision}", "ORT {precision} (runtime)", "ort_runtime", "onnxruntime", "onnxruntime"),
         BenchRunner("ort_bare_{precision}", "ORT {precision} (bare session)", "ort_bare", "onnxruntime", "onnxruntime"),
@@ -47,6 +49,15 @@ class OnnxFormat(Format):
             "first_conv": "float",  # see export.quantize.OnnxQuantizer.first_conv
             "weights": "int8 per channel, 7-bit range" if REDUCE_RANGE else "int8 per channel",
         }
+
+    def checked_options(self, given: dict) -> dict:
+        """The opset must lie in what the converter and the installed ONNX package can write."""
+        options = super().checked_options(given)
+        low, high = opset_range()
+        opset = options["opset"]
+        if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+            raise ValueError(f"--opset {opset}: this installation writes ONNX opsets {low} to {high}")
+        return options
 
     def read_info(self, path: Path) -> ModelInfo:
         from runtime.classifier import open_session, read_model_info
@@ -66,7 +77,7 @@ class OnnxFormat(Format):
         from export.onnx_export import keras_to_onnx, store_weights_as_int8
 
         if spec.quantization == "qat":
-            proto = keras_to_onnx(builder.qat_model(), info)
+            proto = keras_to_onnx(builder.qat_model(), info, builder.options(self.name)["opset"])
             store_weights_as_int8(proto)
             onnx.checker.check_model(proto, full_check=True)
         elif spec.precision == "fp32":
@@ -82,7 +93,8 @@ class OnnxFormat(Format):
 
         cache = builder.cache(self.name)
         if "fp32" not in cache:
-            proto = keras_to_onnx(builder.source.model, builder.info_for(self.artifacts[0]))
+            opset = builder.options(self.name)["opset"]
+            proto = keras_to_onnx(builder.source.model, builder.info_for(self.artifacts[0]), opset)
             ops = count_ops(proto)
             log.info("ONNX fp32 graph: %s", ops)
             if ops.get("Transpose", 0):
@@ -98,7 +110,8 @@ class OnnxFormat(Format):
         cache, key = builder.cache(self.name), ("quantizer", recipe.equalize)
         if key not in cache:
             if recipe.equalize:
-                fp32 = keras_to_onnx(builder.keras_model(recipe), builder.info_for(self.artifacts[0]))
+                opset = builder.options(self.name)["opset"]
+                fp32 = keras_to_onnx(builder.keras_model(recipe), builder.info_for(self.artifacts[0]), opset)
             else:
                 fp32 = self.fp32(builder)
             cache[key] = OnnxQuantizer(fp32, builder.workdir)
