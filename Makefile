@@ -18,10 +18,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# One stamp per set of extras: installs happen once, again only when the pins change. The editable
-# install puts the clone itself on the path ("compat" mode): its models/ is the release folder.
+# One stamp per set of extras: installs happen once, again only when the pins change.
 $(VENV)/.stamp-%: $(STAMP_DEPS) | $(PY)
-	$(PIP) install --quiet -c constraints.txt --config-settings editable_mode=compat -e ".[$*]"
+	$(PIP) install --quiet -c constraints.txt -e ".[$*]"
 	@touch $@
 
 train: $(VENV)/.stamp-train ## train both default CNNs (models/<dataset>/model.keras)

@@ -27,8 +27,8 @@ def test_help_lists_the_five_stages_and_version_names_the_package():
     assert version.returncode == 0 and version.stdout.startswith("edgepack ")
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_each_stage_s_help_is_its_python_m_help(stage):
+@pytest.mark.parametrize("stage", ["classify", "export"])  # the lightest and the heaviest stage
+def test_a_stage_s_help_is_its_python_m_help(stage):
     module = STAGES[stage][0].removesuffix(".__main__")
     direct = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
     assert edgepack(stage, "--help").stdout == direct.stdout and direct.stdout.startswith("usage:")
