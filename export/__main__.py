@@ -16,7 +16,7 @@ from pathlib import Path
 
 from runtime.artifacts import default_models_dir
 from runtime.cli import EXIT_FAILED, EXIT_OK, run_command
-from runtime.native_logs import import_tensorflow_quietly  # noqa: E402
+from train.quiet_tensorflow import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
 

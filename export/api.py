@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.native_logs import import_tensorflow_quietly
+from train.quiet_tensorflow import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from export.errors import OutlierError  # noqa: E402
 from runtime.cli import fail  # noqa: E402
-from runtime.native_logs import import_tensorflow_quietly  # noqa: E402
+from train.quiet_tensorflow import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
 

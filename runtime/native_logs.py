@@ -4,11 +4,13 @@ TensorFlow 2.21 writes start-up notices (oneDNN, CUDA probes, CPU features) thro
 its own log settings apply, so ``TF_CPP_MIN_LOG_LEVEL`` cannot silence them; the TFLite converter
 and LiteRT print more from C++. While native code runs, file descriptor 2 goes to a temporary file;
 afterwards every line is replayed except the known notices, so a real error still shows.
+
+This module imports nothing of TensorFlow (the runtime never does); ``train.quiet_tensorflow``
+imports it through this filter.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import sys
@@ -44,14 +46,3 @@ def native_notices_filtered() -> Iterator[None]:
             for line in capture.read().decode(errors="replace").splitlines():
                 if line.strip() and not NOTICES.search(line):
                     print(line, file=sys.stderr)
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow (if Keras will use it and it is installed) without its start-up notices."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" or "tensorflow" in sys.modules:
-        return
-    if importlib.util.find_spec("tensorflow") is None:
-        return
-    with native_notices_filtered():
-        import tensorflow  # noqa: F401

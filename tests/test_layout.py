@@ -89,3 +89,14 @@ def test_every_command_takes_the_release_folder_from_the_same_place(monkeypatch,
     monkeypatch.setenv("EDGEPACK_MODELS_DIR", str(tmp_path))
     assert export.__main__.parse_args(["--dataset", "cifar10"]).models_dir == tmp_path
     assert train.__main__.parse_args(["--dataset", "cifar10"]).out == tmp_path
+
+
+def test_the_runtime_never_imports_tensorflow_or_keras_anywhere():
+    heavy = ("tensorflow", "keras", "tf_keras", "tf2onnx", "ai_edge_litert")
+    found = []
+    for path in (ROOT / "runtime").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in heavy]
+    assert not found, found

@@ -11,8 +11,8 @@ from pathlib import Path
 from runtime.artifacts import default_models_dir
 from runtime.cli import EXIT_OK, run_command
 from runtime.files import ensure_writable
-from runtime.native_logs import import_tensorflow_quietly  # noqa: E402
 from train.errors import TrainError  # noqa: E402
+from train.quiet_tensorflow import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
 

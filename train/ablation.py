@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from runtime.cli import fail
-from runtime.native_logs import import_tensorflow_quietly
+from train.quiet_tensorflow import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in a clone
 
-from runtime.native_logs import import_tensorflow_quietly  # noqa: E402
+from train.quiet_tensorflow import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
 
