@@ -23,7 +23,8 @@ import_tensorflow_quietly()
 from export.accuracy_control import REMEDIES, ControlSettings  # noqa: E402
 from export.api import ExportReport, export_model, export_release  # noqa: E402
 from export.errors import ExportError  # noqa: E402
-from export.formats import DEFAULT_ARTIFACTS, FORMATS  # noqa: E402
+from export.formats import DEFAULT_ARTIFACTS, FORMATS, PLAIN_ARTIFACTS  # noqa: E402
+from export.formats.tflite_micro import MIN_GATE_IMAGES, TYPICAL_BOARD_PARAMETERS  # noqa: E402
 from export.opsets import DEFAULT_OPSET, opset_range  # noqa: E402
 from export.parity import THRESHOLD_SYNTAX, parse_thresholds  # noqa: E402
 from export.pipeline import DEFAULT_CALIBRATION_SAMPLES, check_format_options  # noqa: E402
@@ -63,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--formats",
-        default=",".join(DEFAULT_ARTIFACTS),
-        help=f"comma-separated artifacts out of {', '.join(DEFAULT_ARTIFACTS)} (default: all of them)",
+        help=f"comma-separated artifacts out of {', '.join(PLAIN_ARTIFACTS)} (default: {', '.join(DEFAULT_ARTIFACTS)}, "
+        f"and tflite_micro_int8 for a model of at most {TYPICAL_BOARD_PARAMETERS:,} parameters)",
     )
     parser.add_argument(
         "--out",
@@ -123,6 +124,16 @@ def _add_quantization_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         help=f"ONNX opset of the ONNX artifacts (default: {DEFAULT_OPSET}; this installation writes "
         f"{opset_range()[0]} to {opset_range()[1]})",
+    )
+    parser.add_argument(
+        "--micro-io",
+        help="input and output type of the TFLite Micro artifact: int8 or uint8 (default: int8)",
+    )
+    parser.add_argument(
+        "--micro-gate-seconds",
+        type=float,
+        help="time the TFLite Micro gate may take on the test split, else it runs a seeded subset of at least "
+        f"{MIN_GATE_IMAGES} images and bounds the accuracy drop on those (default: 600)",
     )
     parser.add_argument(
         "--calibration-method",
@@ -207,15 +218,19 @@ def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
 
 def _check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Option values argparse cannot check alone (lists, ranges, thresholds)."""
-    args.format_options = {} if args.opset is None else {_owner("opset"): {"opset": args.opset}}
+    args.format_options = {}
+    for option in ("opset", "micro_io", "micro_gate_seconds"):
+        if getattr(args, option) is not None:
+            args.format_options.setdefault(_owner(option), {})[option] = getattr(args, option)
     try:
         check_format_options(args.format_options)
     except ExportError as exc:
         parser.error(str(exc))
-    args.formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    unknown = [f for f in args.formats if f not in DEFAULT_ARTIFACTS]
-    if unknown or not args.formats:
-        parser.error(f"unknown --formats {unknown}; choose from {', '.join(DEFAULT_ARTIFACTS)}")
+    if args.formats is not None:
+        args.formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+        unknown = [f for f in args.formats if f not in PLAIN_ARTIFACTS]
+        if unknown or not args.formats:
+            parser.error(f"unknown --formats {unknown}; choose from {', '.join(PLAIN_ARTIFACTS)}")
     try:
         args.thresholds = parse_thresholds(args.thresholds)
     except ValueError as exc:

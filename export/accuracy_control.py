@@ -30,6 +30,7 @@ plainly never gets here and pays nothing for it.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -192,8 +193,7 @@ def control_accuracy(
     errors = _diagnosed(builder, name, trials.path, plain)
     worst = worst_first(errors)
     tried = [trials.run("plain post-training int8", plain)]
-    fp32_bytes = _fp32_bytes(builder, trials.spec)
-    size_limit = max(settings.max_size_share, tried[0].bytes / fp32_bytes + settings.min_size_headroom) * fp32_bytes
+    size_limit = _size_limit(builder, trials.spec, settings, tried[0].bytes)
     try:
         chosen = _search(builder, name, plain, settings, worst, size_limit, tried, trials.within_budget)
     except BudgetSpent as spent:
@@ -343,6 +343,14 @@ def _fallback(
             log.info("  float fallback stops: %d groups in a row brought it no closer", useless)
             break
     return None
+
+
+def _size_limit(builder: Builder, spec: ArtifactSpec, settings: ControlSettings, plain_bytes: int) -> float:
+    """How large float fallback may make the file (no limit where the format has no fallback)."""
+    if "fallback" not in format_of(spec).remedies(spec):
+        return math.inf
+    fp32_bytes = _fp32_bytes(builder, spec)
+    return max(settings.max_size_share, plain_bytes / fp32_bytes + settings.min_size_headroom) * fp32_bytes
 
 
 def _fp32_bytes(builder: Builder, spec: ArtifactSpec) -> int:

@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from export.errors import ExportError  # noqa: E402
-from export.formats import DEFAULT_ARTIFACTS  # noqa: E402
+from export.formats import PLAIN_ARTIFACTS  # noqa: E402
 from export.pipeline import ExportConfig, Release, export  # noqa: E402
 from export.report import HEADER, status_rows, status_text  # noqa: E402
 from export.source import (  # noqa: E402
@@ -148,10 +148,10 @@ def export_release(
 
 
 def _config(formats: Sequence[str] | None, options: dict, release: bool = False) -> ExportConfig:
-    names = tuple(formats) if formats is not None else DEFAULT_ARTIFACTS
-    unknown = [name for name in names if name not in DEFAULT_ARTIFACTS]
-    if unknown or not names:
-        raise ExportError(f"unknown formats {unknown}; choose from {', '.join(DEFAULT_ARTIFACTS)}")
+    names = tuple(formats) if formats is not None else None
+    unknown = [name for name in names or () if name not in PLAIN_ARTIFACTS]
+    if unknown or names == ():
+        raise ExportError(f"unknown formats {unknown}; choose from {', '.join(PLAIN_ARTIFACTS)}")
     fields = {field.name for field in dataclasses.fields(ExportConfig)} - {"formats"}
     fields -= set() if release else {"qat", "qat_epochs"}  # QAT rebuilds a train/ architecture
     if set(options) - fields:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from runtime.metadata import ModelInfo
 from runtime.native_logs import native_notices_filtered
@@ -16,14 +16,20 @@ class LiteRTModel:
     """A TFLite model fed uint8 NHWC pixels, returning float probabilities.
 
     Quantized inputs and outputs are converted with the scale and zero point stored in the file.
-    Not thread-safe: LiteRT interpreters hold their tensors.
+    Not thread-safe: LiteRT interpreters hold their tensors. ``reference_kernels`` runs TFLite's
+    reference kernels instead of the optimized ones: the arithmetic TFLite Micro's kernels port.
     """
 
-    def __init__(self, path: Path | str, info: ModelInfo, threads: int | None = None) -> None:
+    def __init__(
+        self, path: Path | str, info: ModelInfo, threads: int | None = None, reference_kernels: bool = False
+    ) -> None:
         self.path = Path(path)
         self.info = info
+        resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
         with native_notices_filtered():  # LiteRT announces its XNNPACK delegate on stderr
-            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+            self.interpreter = Interpreter(
+                model_path=str(self.path), num_threads=threads, experimental_op_resolver_type=resolver
+            )
             self._input = self.interpreter.get_input_details()[0]
             self._output = self.interpreter.get_output_details()[0]
             self._batch = None
@@ -43,6 +49,11 @@ class LiteRTModel:
         limits = np.iinfo(dtype)
         return np.clip(np.rint(batch / scale + zero), limits.min, limits.max).astype(dtype)
 
+    @property
+    def output_step(self) -> float:
+        """The probability one quantization step of the output is worth (0 for a float output)."""
+        return float(self._output["quantization"][0])
+
     def _dequantize(self, values: np.ndarray) -> np.ndarray:
         if values.dtype == np.float32:
             return values
@@ -51,11 +62,15 @@ class LiteRTModel:
 
     def run(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Probabilities for an NxHxWxC uint8 batch."""
-        outputs = []
-        for start in range(0, len(pixels), batch_size):
-            chunk = pixels[start : start + batch_size]
-            self._resize(len(chunk))
-            self.interpreter.set_tensor(self._input["index"], self._quantize(normalize(chunk, self.info)))
-            self.interpreter.invoke()
-            outputs.append(self._dequantize(self.interpreter.get_tensor(self._output["index"])))
+        outputs = [
+            self._dequantize(self.raw(self._quantize(normalize(pixels[start : start + batch_size], self.info))))
+            for start in range(0, len(pixels), batch_size)
+        ]
         return np.concatenate(outputs)
+
+    def raw(self, inputs: np.ndarray) -> np.ndarray:
+        """The output tensor for one batch of input tensors, as the file's types hold them."""
+        self._resize(len(inputs))
+        self.interpreter.set_tensor(self._input["index"], inputs)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._output["index"])

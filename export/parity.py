@@ -166,6 +166,7 @@ class ParityResult(Figures):
     failures: list[str] = field(default_factory=list)
     remedy: dict = field(default_factory=dict)
     layer_errors: list[dict] = field(default_factory=list)
+    target: dict = field(default_factory=dict)  # the format's figures on its target (export.formats)
 
     @property
     def passed(self) -> bool:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from export.accuracy_control import ControlSettings, control_accuracy, diagnose
 from export.errors import ExportError
-from export.formats import ARTIFACTS, DEFAULT_ARTIFACTS, FORMATS, QAT_ARTIFACTS, format_of, release_rank
+from export.formats import ARTIFACTS, FORMATS, QAT_ARTIFACTS, default_artifacts, format_of, release_rank
 from export.formats.base import ArtifactSpec
 from export.latency import batch1_latency_ms
 from export.parity import CONFIDENT_MARGIN, DEFAULT_THRESHOLDS, DRIFT_PERCENTILE, ParityResult, Threshold, compare
@@ -46,7 +46,7 @@ WORSE_RELEASE_MARGIN_PP = 1.0  # a new model this much less accurate than the re
 
 @dataclass
 class ExportConfig:
-    formats: tuple[str, ...] = DEFAULT_ARTIFACTS
+    formats: tuple[str, ...] | None = None  # None: export.formats.default_artifacts for the model
     qat: bool = False
     qat_epochs: int = 1
     calibration_samples: int | None = None  # None: DEFAULT_CALIBRATION_SAMPLES, or the whole training split if smaller
@@ -82,6 +82,7 @@ class Builder:
 
     def __init__(self, source: Source, calibration: np.ndarray, config: ExportConfig, staging: Path) -> None:
         self.source, self.calibration, self.config, self.staging = source, calibration, config, staging
+        self.seed = config.seed
         self.workdir = staging / ".work"
         self.workdir.mkdir(exist_ok=True)
         self._caches: dict[str, dict] = {}
@@ -182,7 +183,8 @@ def _check_not_worse(source: Source, float_accuracy: float, sha256: str, config:
 
 def export(source: Source, config: ExportConfig) -> Release:
     """Build, gate and publish one model's artifacts."""
-    names = list(config.formats) + (list(QAT_ARTIFACTS) if config.qat else [])
+    formats = config.formats or default_artifacts(source.model.count_params())
+    names = list(formats) + (list(QAT_ARTIFACTS) if config.qat else [])
     if config.qat and source.trained is None:
         raise ExportError(
             f"{source.model_path}: --qat rebuilds a train/ architecture in tf_keras, and this model has none "
@@ -215,7 +217,8 @@ def export(source: Source, config: ExportConfig) -> Release:
             for name in progress:
                 result, probabilities = _gate_one(name, builder, test_pixels, reference, config)
                 if probabilities is not None:  # built (an artifact that failed to build has no figures)
-                    predictions[name] = probabilities.argmax(1)
+                    if len(probabilities) == len(source.data.y_test):  # gated on the whole test split
+                        predictions[name] = probabilities.argmax(1)
                     latency[result.path] = _latency(ARTIFACTS[name], builder, staging / result.path, test_pixels)
                 results.append(result)
         context = _context(source, config, float_accuracy, sha256, calibration)
@@ -265,39 +268,22 @@ def _gate_one(
         log.warning("%s: %s", spec.filename, reason)
         (builder.staging / spec.filename).unlink(missing_ok=True)
         return unbuilt(name, spec, reason, config.thresholds[spec.precision]), None
-    run = format_of(spec).predictor(path, builder.info_for(spec))
-    qat_source = builder.qat_reference(test_pixels) if spec.quantization == "qat" else None
-    threshold = config.thresholds[spec.precision]
-    probabilities = run(source.data.x_test)
-    describe = dict(name=name, path=spec.filename, format=spec.format, precision=spec.precision)
-    result = compare(
-        probabilities,
-        reference,
-        source.data.y_test,
-        threshold,
-        source=qat_source,
-        quantization=spec.quantization,
-        bytes=path.stat().st_size,
-        **describe,
-    )
-    if not result.passed and format_of(spec).remedies(spec) and config.control.enabled:
+    fmt, threshold = format_of(spec), config.thresholds[spec.precision]
+    chosen = fmt.gate_indices(builder, spec, path, len(source.data.x_test))
+    qat_source = builder.qat_reference(test_pixels)[_all(chosen)] if spec.quantization == "qat" else None
+    result, probabilities = _measured(builder, spec, path, reference, chosen, threshold, qat_source)
+    if not result.passed and fmt.remedies(spec) and config.control.enabled:
         log.info("%s fails the gate (%s): trying remedies", spec.filename, "; ".join(result.failures))
         repaired = control_accuracy(builder, name, threshold, config.control, result)
-        run = format_of(spec).predictor(path, builder.info_for(spec))  # the file was rebuilt
-        probabilities = run(source.data.x_test)  # the final gate on the full test split
-        result = compare(
-            probabilities,
-            reference,
-            source.data.y_test,
-            threshold,
-            quantization=spec.quantization,
-            bytes=path.stat().st_size,
-            **describe,
-        )
+        # the file was rebuilt: the final gate on the same test images
+        result, probabilities = _measured(builder, spec, path, reference, chosen, threshold)
         result.remedy = repaired
         result.layer_errors = repaired.pop("layer_errors", [])
     elif spec.post_training_int8 and (config.control.diagnose or not result.passed):
         diagnose(builder, name, path, result)
+    gated = test_pixels[_all(chosen)]
+    result.target, failures = fmt.target_figures(path, builder.info_for(spec), gated, probabilities)
+    result.failures += failures  # no remedy repairs these: the artifact itself misbehaves on its target
     log.info(
         "%s: accuracy %.2f%% (%+.3f pp, bound %.2f pp), confident agreement %.2f%%, drift %.3f (%.0f s)%s",
         spec.filename,
@@ -308,6 +294,40 @@ def _gate_one(
         result.drift_p99,
         time.perf_counter() - started,
         "" if result.passed else " FAILED: " + "; ".join(result.failures),
+    )
+    return result, probabilities
+
+
+def _all(chosen: np.ndarray | None) -> np.ndarray | slice:
+    return slice(None) if chosen is None else chosen
+
+
+def _measured(
+    builder: Builder,
+    spec: ArtifactSpec,
+    path: Path,
+    reference: np.ndarray,
+    chosen: np.ndarray | None,
+    threshold: Threshold,
+    qat_source: np.ndarray | None = None,
+) -> tuple[ParityResult, np.ndarray]:
+    """The artifact run as users run it on the gate's test images (``chosen``, None for all), its
+    figures against the float model."""
+    fmt, info, data = format_of(spec), builder.info_for(spec), builder.source.data
+    images = data.x_test[_all(chosen)]
+    probabilities = fmt.predictor(path, info)(images)
+    result = compare(
+        probabilities,
+        reference[_all(chosen)],
+        data.y_test[_all(chosen)],
+        threshold,
+        source=qat_source,
+        quantization=spec.quantization,
+        bytes=path.stat().st_size,
+        name=spec.name,
+        path=spec.filename,
+        format=spec.format,
+        precision=spec.precision,
     )
     return result, probabilities
 

@@ -326,10 +326,12 @@ def new_manifest_entry(result: ParityResult, staging: Path) -> dict:
         "confident_agreement": result.confident_agreement,
         "drift_p99": round(result.drift_p99, 6),
         "max_abs_diff": result.max_abs_diff,
+        "images": result.images,  # the test images the gate ran it on (a slow target's: a seeded subset)
         "passed": result.passed,
     }
     if result.remedy:
         entry["remedy"] = result.remedy
+    entry |= result.target
     sidecars = files_of(result.path)[1:]
     if sidecars:
         entry["metadata"] = sidecars[0]

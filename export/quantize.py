@@ -174,15 +174,16 @@ def calibrated_tflite(model: keras.Model, calibration: np.ndarray, info: ModelIn
         return converter.convert()
 
 
-def tflite_int8(calibrated: bytes, float_ops: tuple[str, ...] = ()) -> bytes:
-    """Full-integer TFLite (uint8 input and output) from a calibrated model; ``float_ops`` stay float."""
+def tflite_int8(calibrated: bytes, float_ops: tuple[str, ...] = (), io_type: str = "uint8") -> bytes:
+    """Full-integer TFLite from a calibrated model, with ``io_type`` ("uint8" or "int8") input and
+    output; ``float_ops`` stay float."""
     import tensorflow as tf
     from tensorflow.lite.python import convert
 
     with native_notices_filtered():
         return convert.mlir_quantize(
             calibrated,
-            input_data_type=tf.uint8,
-            output_data_type=tf.uint8,
+            input_data_type=tf.as_dtype(io_type),
+            output_data_type=tf.as_dtype(io_type),
             denylisted_nodes=list(float_ops) or None,
         )

@@ -1,4 +1,5 @@
-"""The seeded samples of training images that export draws: calibration and validation.
+"""The seeded samples that export draws: calibration and validation from the training split, and
+the gate's subset of the test split for runtimes too slow for all of it.
 
 Both come from one seeded order of the training split: calibration samples of any size are its
 head, the validation sample is its tail. Every calibration sample a remedy asks for (the
@@ -6,7 +7,7 @@ export's own, or the larger one of the "N calibration images" remedy) is therefo
 the validation sample by construction, as long as the two fit in the split together; a split
 too small for both shares images between them, which only the smallest datasets do (the
 comparison is between two versions of one model, so shared images still show what
-quantization changes). The test split is never drawn from.
+quantization changes). Nothing tuned ever sees the test split: its subset only measures.
 """
 
 from __future__ import annotations
@@ -28,3 +29,9 @@ def validation_indices(count: int, samples: int, seed: int) -> np.ndarray:
     """The last ``samples`` images of the order, sorted: disjoint from every calibration sample of
     at most ``count - samples`` images."""
     return np.sort(training_order(count, seed)[::-1][:samples])
+
+
+def gate_subset(count: int, samples: int, seed: int) -> np.ndarray:
+    """A seeded sample of ``samples`` of the ``count`` test images, sorted: the gate's images on a
+    runtime too slow for the whole split (every class in its share, up to sampling noise)."""
+    return np.sort(np.random.default_rng([seed, count]).permutation(count)[:samples])

@@ -93,6 +93,9 @@ NUMERIC_FIELDS = (
     "confident_agreement",
     "drift_p99",
     "max_abs_diff",
+    "images",
+    "flash_bytes",
+    "arena_bytes",
 )
 
 

@@ -30,8 +30,9 @@ NOTICES = re.compile(
 
 
 @contextmanager
-def native_notices_filtered() -> Iterator[None]:
-    """Run the block with native stderr captured, then replay all but the known notices."""
+def native_stderr(lines: list[str]) -> Iterator[None]:
+    """Run the block with file descriptor 2 captured; ``lines`` receives what native code wrote
+    there (the one channel on which C++ libraries such as TFLite Micro name what went wrong)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
@@ -43,6 +44,17 @@ def native_notices_filtered() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
-            for line in capture.read().decode(errors="replace").splitlines():
-                if line.strip() and not NOTICES.search(line):
-                    print(line, file=sys.stderr)
+            lines.extend(capture.read().decode(errors="replace").splitlines())
+
+
+@contextmanager
+def native_notices_filtered() -> Iterator[None]:
+    """Run the block with native stderr captured, then replay all but the known notices."""
+    lines: list[str] = []
+    try:
+        with native_stderr(lines):
+            yield
+    finally:
+        for line in lines:
+            if line.strip() and not NOTICES.search(line):
+                print(line, file=sys.stderr)

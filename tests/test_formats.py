@@ -44,7 +44,7 @@ def built(exported_models) -> dict[str, Path]:
 
 
 def test_importing_the_registry_loads_no_converter_and_no_runtime():
-    heavy = ("tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "ai_edge_litert")
+    heavy = ("tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "ai_edge_litert", "tflite_micro")
     code = f"import sys, export.formats; print([m for m in {heavy!r} if m in sys.modules])"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
@@ -60,14 +60,15 @@ def test_artifact_names_and_files_are_unique_and_releases_keep_the_registry_orde
 
 @pytest.mark.parametrize("fmt", FORMATS.values(), ids=list(FORMATS))
 def test_a_format_declares_what_the_pipeline_and_gate_need(fmt):
-    assert fmt.precisions[0] == "fp32" and fmt.layout in ("NCHW", "NHWC") and fmt.suffix.startswith(".")
+    assert fmt.layout in ("NCHW", "NHWC") and "." in fmt.suffix
     for spec in fmt.artifacts:
         assert spec.name.startswith(f"{fmt.name}_") and spec.filename.endswith(fmt.suffix)
-        assert spec.precision in DEFAULT_THRESHOLDS and fp32_of(spec).precision == "fp32"
-        assert set(fmt.remedies(spec)) <= set(REMEDIES)
+        assert spec.precision in DEFAULT_THRESHOLDS and set(fmt.remedies(spec)) <= set(REMEDIES)
         assert ARTIFACTS[spec.name] == spec and files_of(spec.filename)[0] == spec.filename
+        if "fallback" in fmt.remedies(spec):  # float fallback's file size is weighed against the fp32 one
+            assert fp32_of(spec).precision == "fp32"
     int8 = next(spec for spec in fmt.artifacts if spec.post_training_int8)
-    assert fmt.remedies(int8) == REMEDIES  # every remedy repairs a post-training int8 artifact
+    assert {"calibration", "equalization"} <= set(fmt.remedies(int8))  # every int8 artifact can be recalibrated
     from export.quantize import Int8Recipe
 
     for _, recipe in fmt.calibration_choices(Int8Recipe()):

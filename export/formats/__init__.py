@@ -11,16 +11,24 @@ from __future__ import annotations
 from export.formats.base import ArtifactSpec, Format
 from export.formats.onnx import ONNX
 from export.formats.tflite import TFLITE
+from export.formats.tflite_micro import TFLITE_MICRO
 
-FORMATS: dict[str, Format] = {fmt.name: fmt for fmt in (ONNX, TFLITE)}
+FORMATS: dict[str, Format] = {fmt.name: fmt for fmt in (ONNX, TFLITE, TFLITE_MICRO)}
 
 # Plain artifacts first, format by format, then the QAT ones: the order of reports and manifests.
 _SPECS = [spec for fmt in FORMATS.values() for spec in fmt.artifacts]
 ARTIFACTS: dict[str, ArtifactSpec] = {
     spec.name: spec for spec in sorted(_SPECS, key=lambda spec: spec.quantization == "qat")
 }
-DEFAULT_ARTIFACTS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization != "qat")
+PLAIN_ARTIFACTS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization != "qat")  # --formats
+DEFAULT_ARTIFACTS = tuple(name for name in PLAIN_ARTIFACTS if FORMATS[ARTIFACTS[name].format].default)
 QAT_ARTIFACTS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization == "qat")
+
+
+def default_artifacts(parameters: int) -> tuple[str, ...]:
+    """What an export without ``--formats`` builds for a model of ``parameters``: the default
+    formats, and those that are not when the model fits their target (a microcontroller)."""
+    return tuple(name for name in PLAIN_ARTIFACTS if FORMATS[ARTIFACTS[name].format].fits_default(parameters))
 
 
 def format_of(spec: ArtifactSpec) -> Format:
@@ -34,7 +42,8 @@ def fp32_of(spec: ArtifactSpec) -> ArtifactSpec:
 
 def files_of(filename: str) -> list[str]:
     """An artifact's file and the files travelling beside it (an unknown file: itself alone)."""
-    fmt = next((f for f in FORMATS.values() if filename.endswith(f.suffix)), None)
+    suffixes = sorted((f for f in FORMATS.values() if filename.endswith(f.suffix)), key=lambda f: len(f.suffix))
+    fmt = suffixes[-1] if suffixes else None  # "_micro.tflite" before ".tflite"
     return [filename, *(fmt.sidecars(filename) if fmt else [])]
 
 

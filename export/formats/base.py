@@ -76,6 +76,7 @@ class Builder(Protocol):
 
     source: Source
     workdir: Path
+    seed: int
 
     def calibration_for(self, samples: int | None) -> np.ndarray: ...
 
@@ -100,6 +101,11 @@ class Format(ABC):
     precisions: tuple[str, ...]  # what post-training export offers; "fp32" first
     bench_runners: tuple[BenchRunner, ...] = ()
     options: dict[str, object] = {}  # the format's own export options and their defaults
+    default: bool = True  # in the default export of every model (else see fits_default)
+
+    def fits_default(self, parameters: int) -> bool:
+        """Whether a format that is not ``default`` joins the default export of a model this size."""
+        return self.default
 
     def checked_options(self, given: dict) -> dict:
         """``given`` (from ``ExportConfig.format_options``) over the defaults; ValueError with one
@@ -155,6 +161,18 @@ class Format(ABC):
     @abstractmethod
     def predictor(self, path: Path, info: ModelInfo, threads: int | None = None) -> Predict:
         """How users run this artifact, fed images of any size: the gate measures what they get."""
+
+    def gate_indices(self, builder: Builder, spec: ArtifactSpec, path: Path, count: int) -> np.ndarray | None:
+        """Which of the ``count`` test images the gate runs the artifact on: None, all of them,
+        unless the format's runtime is too slow for that (the gate's bound then uses fewer)."""
+        return None
+
+    def target_figures(
+        self, path: Path, info: ModelInfo, pixels: np.ndarray, probabilities: np.ndarray
+    ) -> tuple[dict, list[str]]:
+        """What the manifest records about the artifact on its target (memory, operators), and any
+        failure found there; ``probabilities`` are the artifact's answers on the gate's ``pixels``."""
+        return {}, []
 
     @abstractmethod
     def layer_errors(

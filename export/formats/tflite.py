@@ -1,8 +1,9 @@
 """TFLite artifacts, run by LiteRT: fp32, fp16, dynamic-range, full-integer post-training int8
 (uint8 input and output, ``export.quantize``) and QAT int8.
 
-TFLite keeps Keras' NHWC layout. The file has no room for edgepack's description, so it travels
-in a JSON sidecar beside it (``model_int8.tflite.json``), which publishing ships with the file.
+TFLite keeps Keras' NHWC layout. Every file carries TFLite's standard metadata (labels,
+normalization; ``export.android_metadata``) for Android's Task Library; edgepack's own, fuller
+description travels in a JSON sidecar beside it (``model_int8.tflite.json``) for the runtime.
 Converters and runtimes are imported where they are used (see ``export.formats.base``).
 """
 
@@ -38,6 +39,7 @@ class TFLiteFormat(Format):
         return ModelInfo.from_json(path.with_name(self.sidecars(path.name)[0]).read_text(), str(path))
 
     def build(self, builder: Builder, spec: ArtifactSpec, recipe: Int8Recipe, info: ModelInfo, path: Path) -> None:
+        from export.android_metadata import with_metadata
         from export.quantize import tflite_int8
         from export.tflite_export import keras_to_tflite
 
@@ -46,8 +48,17 @@ class TFLiteFormat(Format):
         else:
             model = builder.qat_model() if spec.quantization == "qat" else builder.keras_model(recipe)
             data = keras_to_tflite(model, spec.precision, builder.calibration_for(None), info)
-        path.write_bytes(data)
+        path.write_bytes(with_metadata(data, info, self.description(info)))
         self.write_sidecars(path, info)
+
+    @staticmethod
+    def description(info: ModelInfo) -> str:
+        """What the Android metadata says of the model: what it classifies and what it was gated on."""
+        accuracy = f", float model test accuracy {100 * info.float_accuracy:.2f}%" if info.float_accuracy else ""
+        return (
+            f"{info.dataset or 'Image'} classifier, {info.precision} TFLite exported by edgepack{accuracy}; "
+            "parity figures in the release's manifest.json and parity.md."
+        )
 
     def calibrated(self, builder: Builder, recipe: Int8Recipe, info: ModelInfo) -> bytes:
         """The float model carrying calibration statistics, calibrated once per graph and sample."""
