@@ -102,7 +102,10 @@ def metadata_buffer(info: ModelInfo, input_range: tuple[float, float], descripti
         7,
         {
             0: ("offset", w.string("image")),
-            1: ("offset", w.string(f"Input image: {info.height}x{info.width}, {info.channels} channel(s), resized first.")),
+            1: (
+                "offset",
+                w.string(f"Input image: {info.height}x{info.width}, {info.channels} channel(s), resized first."),
+            ),
             3: ("offset", image_content),
             4: ("offset", w.offsets([unit])),
             5: ("offset", image_stats),
@@ -129,9 +132,7 @@ def metadata_buffer(info: ModelInfo, input_range: tuple[float, float], descripti
             6: ("offset", w.offsets([labels])),
         },
     )
-    subgraph = w.table(
-        10, {2: ("offset", w.offsets([image_tensor])), 3: ("offset", w.offsets([scores_tensor]))}
-    )
+    subgraph = w.table(10, {2: ("offset", w.offsets([image_tensor])), 3: ("offset", w.offsets([scores_tensor]))})
     name = f"edgepack {info.dataset or 'image'} classifier ({info.precision})"
     model = w.table(
         8,

@@ -30,7 +30,9 @@ class Quantization:
 
 def c_string(text: str) -> str:
     """A C string literal of ``text``'s UTF-8 bytes, anything but plain ASCII as octal escapes."""
-    return '"' + "".join(ch if _PLAIN.fullmatch(ch) else "".join(f"\\{b:03o}" for b in ch.encode()) for ch in text) + '"'
+    return (
+        '"' + "".join(ch if _PLAIN.fullmatch(ch) else "".join(f"\\{b:03o}" for b in ch.encode()) for ch in text) + '"'
+    )
 
 
 def _floats(values: tuple[float, ...], count: int) -> str:
@@ -44,7 +46,9 @@ def identifier(stem: str) -> str:
     return name if not name[0].isdigit() else "_" + name
 
 
-def header(stem: str, model_bytes: int, arena: int, info: ModelInfo, inputs: Quantization, outputs: Quantization) -> str:
+def header(
+    stem: str, model_bytes: int, arena: int, info: ModelInfo, inputs: Quantization, outputs: Quantization
+) -> str:
     """``<stem>_data.h``: the constants, the preprocessing and the declarations."""
     namespace, guard = f"edgepack_{identifier(stem)}", f"EDGEPACK_{identifier(stem).upper()}_DATA_H_"
     in_type, out_type = f"{inputs.dtype}_t", f"{outputs.dtype}_t"

@@ -67,9 +67,8 @@ def check_kernels(model: bytes, name: str) -> None:
     interpreter, said = _interpreter(model, LARGEST_ARENA)
     missing = sorted({m.group(1) for line in said if (m := MISSING_KERNEL.search(line))})
     if missing:
-        raise MicroError(
-            f"{name}: TFLite Micro has no kernel for {', '.join(missing)} (the model uses: {', '.join(operators(model))})"
-        )
+        used = ", ".join(operators(model))
+        raise MicroError(f"{name}: TFLite Micro has no kernel for {', '.join(missing)} (the model uses: {used})")
     if interpreter is None:
         detail = next((line.strip() for line in said if line.strip()), "no reason given")
         raise MicroError(f"{name}: TFLite Micro cannot run it within {LARGEST_ARENA // 2**20} MiB ({detail})")

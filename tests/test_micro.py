@@ -163,6 +163,17 @@ def test_a_slow_target_is_gated_on_a_seeded_subset_with_uint8_input(trained_mode
 )
 def test_impossible_micro_options_are_refused_in_one_line(option, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
-        main(["--dataset", "fashion_mnist", "--models-dir", str(tmp_path), "--formats", "tflite_micro_int8", option, value])
+        main(
+            [
+                "--dataset",
+                "fashion_mnist",
+                "--models-dir",
+                str(tmp_path),
+                "--formats",
+                "tflite_micro_int8",
+                option,
+                value,
+            ]
+        )
     assert exited.value.code == 2
     assert option in capsys.readouterr().err.strip().splitlines()[-1]

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.conftest import write_idx_dataset
 from train.__main__ import main
 from train.batches import Batches
 from train.datasets import load_dataset, subset
@@ -132,7 +133,7 @@ def run_killed_during_epoch_3(out: Path, data_dir: Path, *extra: str) -> None:
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
 
 
-@pytest.mark.parametrize("arch", ["edge_airbench", "edge_vgg"])  # lookahead state; dropout's random state
+@pytest.mark.parametrize("arch", ["edge_airbench", "baseline"])  # lookahead state; Adam's and dropout's states
 def test_resume_after_a_kill_ends_exactly_like_an_uninterrupted_run(tmp_path, small_data_dir, arch):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     subprocess.run(quick_command(whole, small_data_dir, "--arch", arch), cwd=ROOT, check=True, capture_output=True)
@@ -252,11 +253,13 @@ def test_architectures_stay_edge_sized(arch):
         assert build_model(arch, shape, 10).count_params() <= 1_000_000
 
 
-def test_ablation_tabulates_variants_on_the_same_budget(tmp_path, small_data_dir):
+def test_ablation_tabulates_variants_on_the_same_budget(tmp_path, fashion):
     from train.ablation import main as ablation
 
+    small = subset(fashion, 3000, 1000, seed=2)  # the mechanism, not the figures: a few thousand images
+    write_idx_dataset(tmp_path / "data" / "fashion-mnist", small.x_train, small.y_train, small.x_test, small.y_test)
     args = ["--dataset", "fashion_mnist", "--epochs", "1", "--only", "1,4,9", "--out", str(tmp_path)]
-    assert ablation([*args, "--data-dir", str(small_data_dir)]) == 0
+    assert ablation([*args, "--data-dir", str(tmp_path / "data")]) == 0
     rows = json.loads((tmp_path / "fashion_mnist" / "ablation.json").read_text())
     assert [r["variant"] for r in rows] == ["full recipe", "- lookahead", "seed notebook CNN, no augmentation"]
     assert all(r["epochs"] == 1 and 0 < r["test_accuracy"] <= 1 for r in rows)

@@ -68,7 +68,9 @@ class TFLiteMicroFormat(Format):
     def checked_options(self, given: dict) -> dict:
         options = super().checked_options(given)
         if options["micro_io"] not in IO_TYPES:
-            raise ValueError(f"--micro-io {options['micro_io']}: TFLite Micro's input and output are {' or '.join(IO_TYPES)}")
+            raise ValueError(
+                f"--micro-io {options['micro_io']}: TFLite Micro's input and output are {' or '.join(IO_TYPES)}"
+            )
         seconds = options["micro_gate_seconds"]
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < float("inf"):
             raise ValueError(f"--micro-gate-seconds {seconds}: a positive number of seconds")
@@ -97,9 +99,7 @@ class TFLiteMicroFormat(Format):
         micro = MicroModel(path, info)
         inputs, outputs = (Quantization(*micro.parameters(e), e["dtype"].__name__) for e in micro.entries)
         stem = path.name.removesuffix(".tflite")
-        path.with_name(header_name).write_text(
-            header(stem, len(model), smallest_arena(model), info, inputs, outputs)
-        )
+        path.with_name(header_name).write_text(header(stem, len(model), smallest_arena(model), info, inputs, outputs))
         path.with_name(source_name).write_text(source(stem, model, info))
 
     def read_info(self, path: Path) -> ModelInfo:
@@ -141,7 +141,8 @@ class TFLiteMicroFormat(Format):
             return None
         size = min(count, max(MIN_GATE_IMAGES, int(budget / per_image)))
         log.info(
-            "%s: %.0f ms an image on TFLite Micro's kernels; the gate runs %d of %d test images (--micro-gate-seconds %g)",
+            "%s: %.0f ms an image on TFLite Micro's kernels; the gate runs %d of %d test images "
+            "(--micro-gate-seconds %g)",
             path.name,
             1000 * per_image,
             size,
