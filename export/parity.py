@@ -167,6 +167,7 @@ class ParityResult(Figures):
     remedy: dict = field(default_factory=dict)
     layer_errors: list[dict] = field(default_factory=list)
     target: dict = field(default_factory=dict)  # the format's figures on its target (export.formats)
+    working_bytes: int | None = None  # memory to run one image beyond the runtime (Format.working_memory)
 
     @property
     def passed(self) -> bool:

@@ -24,6 +24,7 @@ from export.errors import ExportError
 from export.formats import ARTIFACTS, FORMATS, QAT_ARTIFACTS, default_artifacts, format_of, release_rank
 from export.formats.base import ArtifactSpec
 from export.latency import batch1_latency_ms
+from export.macs import macs_per_image
 from export.parity import CONFIDENT_MARGIN, DEFAULT_THRESHOLDS, DRIFT_PERCENTILE, ParityResult, Threshold, compare
 from export.publish import new_manifest_entry, output_folder, publish, still_valid_entries
 from export.quantize import Int8Recipe
@@ -220,6 +221,7 @@ def export(source: Source, config: ExportConfig) -> Release:
                     if len(probabilities) == len(source.data.y_test):  # gated on the whole test split
                         predictions[name] = probabilities.argmax(1)
                     latency[result.path] = _latency(ARTIFACTS[name], builder, staging / result.path, test_pixels)
+                    result.working_bytes = format_of(ARTIFACTS[name]).working_memory(staging / result.path)
                 results.append(result)
         context = _context(source, config, float_accuracy, sha256, calibration)
         passed = [r for r in results if r.passed]
@@ -392,6 +394,7 @@ def _context(source: Source, config: ExportConfig, float_accuracy: float, sha256
         "labels": list(source.info.labels),
         "float_accuracy": float_accuracy,
         "test_images": len(source.data.x_test),
+        "macs_per_image": macs_per_image(source.model),
         "source": {"path": source.model_path.name, "sha256": sha256},
         "calibration": {
             "samples": len(calibration),

@@ -331,6 +331,8 @@ def new_manifest_entry(result: ParityResult, staging: Path) -> dict:
     }
     if result.remedy:
         entry["remedy"] = result.remedy
+    if result.working_bytes is not None:
+        entry["working_memory_bytes"] = result.working_bytes
     entry |= result.target
     sidecars = files_of(result.path)[1:]
     if sidecars:

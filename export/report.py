@@ -36,6 +36,7 @@ HEADER = (
     "confident agr.",
     "agreement",
     "drift p99",
+    "memory KiB",
     "batch-1 ms",
 )
 WORST_LAYERS = 8
@@ -71,6 +72,7 @@ def status_rows(results: list[ParityResult], carried: list[dict], latency: dict[
                 _figure(r.confident_agreement, "{:.2%}"),
                 _figure(r.agreement, "{:.2%}"),
                 _figure(r.drift_p99, "{:.3f}"),
+                _figure(None if r.working_bytes is None else r.working_bytes / 1024, "{:,.0f}"),
                 "–" if math.isnan(ms) else f"{ms:.3f}",
             ]
         )
@@ -90,6 +92,7 @@ def status_rows(results: list[ParityResult], carried: list[dict], latency: dict[
                 _figure(e.get("confident_agreement"), "{:.2%}"),
                 _figure(e.get("agreement"), "{:.2%}"),
                 _figure(e.get("drift_p99"), "{:.3f}"),
+                _figure(e["working_memory_bytes"] / 1024 if "working_memory_bytes" in e else None, "{:,.0f}"),
                 "–",
             ]
         )
@@ -143,6 +146,12 @@ def parity_markdown(results: list[ParityResult], carried: list[dict], context: d
         ),
         "",
         *_markdown_table(HEADER, status_rows(results, carried, latency)),
+        "",
+        f"Memory profile: {context['macs_per_image'] / 1e6:,.1f} M multiply-accumulates per image (every artifact "
+        "computes the same graph). *memory KiB* is what running one image takes beyond the runtime library: the "
+        "measured tensor arena for TFLite Micro (the smallest that runs it), and for ONNX Runtime and LiteRT the peak "
+        "resident memory above the library's own in a process running only that artifact, one thread. *batch-1 ms* "
+        "is the median latency on this host, one thread.",
         "",
         "The gate (for every artifact): the 95% upper bound on the accuracy drop from the images the two models "
         "disagree on (McNemar pairs, Wilson bound) within the tolerance; top-1 agreement on the images where the "

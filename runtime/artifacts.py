@@ -96,6 +96,7 @@ NUMERIC_FIELDS = (
     "images",
     "flash_bytes",
     "arena_bytes",
+    "working_memory_bytes",
 )
 
 

@@ -255,3 +255,18 @@ def test_qat_leaves_out_the_images_training_held_out(tmp_path):
     assert _training_record(tmp_path) == Training("edge_airbench", 0.1, 7)
     (tmp_path / "metrics.json").write_text("{}")
     assert _training_record(tmp_path) is None
+
+
+def test_the_memory_profile_states_compute_and_working_memory_per_artifact(exported_models):
+    """MACs counted by hand for the baseline CNN; every artifact's working memory measured (the
+    arena for TFLite Micro) and shown in parity.md."""
+    manifest = manifest_of(exported_models)
+    by_hand = 26 * 26 * 9 * 1 * 32 + 11 * 11 * 9 * 32 * 64 + 1600 * 128 + 128 * 10  # conv, conv, dense, dense
+    assert manifest["macs_per_image"] == by_hand
+    entries = {e["path"]: e for e in manifest["artifacts"]}
+    micro = entries.pop("model_int8_micro.tflite")
+    assert micro["working_memory_bytes"] == micro["arena_bytes"] < 64 * 1024
+    for entry in entries.values():  # a runtime's buffers for this model: more than nothing, less than a gigabyte
+        assert 0 < entry["working_memory_bytes"] < 2**30
+    parity = (exported_models / "fashion_mnist" / "parity.md").read_text()
+    assert "memory KiB" in parity and "2.6 M multiply-accumulates per image" in parity

@@ -174,6 +174,13 @@ class Format(ABC):
         failure found there; ``probabilities`` are the artifact's answers on the gate's ``pixels``."""
         return {}, []
 
+    def working_memory(self, path: Path) -> int | None:
+        """The memory running one image takes beyond the runtime library itself, in bytes (None:
+        not measurable here): measured in a process that runs only this artifact."""
+        from export.memory_probe import working_memory
+
+        return working_memory(self.name, path)
+
     @abstractmethod
     def layer_errors(
         self, builder: Builder, spec: ArtifactSpec, recipe: Int8Recipe, path: Path, images: np.ndarray

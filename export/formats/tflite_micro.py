@@ -186,6 +186,12 @@ class TFLiteMicroFormat(Format):
             )
         return figures, failures
 
+    def working_memory(self, path: Path) -> int | None:
+        """On a microcontroller every tensor lives in the arena: its measured size is the figure."""
+        from export.micro import smallest_arena
+
+        return smallest_arena(path.read_bytes())
+
     def layer_errors(
         self, builder: Builder, spec: ArtifactSpec, recipe: Int8Recipe, path: Path, images: np.ndarray
     ) -> list[LayerError]:
