@@ -1,5 +1,6 @@
 """MkDocs hook: the figures the pages show are the files that ship (``models/<dataset>/*.png``,
-``reports/*.png``), added to the site from the repository as they are, never copied into docs/."""
+``models/micro/<dataset>/*.png``, ``reports/*.png``), added to the site from the repository as
+they are, never copied into docs/."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
-FIGURES = ("models/*/*.png", "reports/*.png")
+FIGURES = ("models/*/*.png", "models/micro/*/*.png", "reports/*.png")
 
 
 def on_files(files, config):

@@ -24,7 +24,7 @@ from export.accuracy_control import REMEDIES, ControlSettings  # noqa: E402
 from export.api import ExportReport, export_model, export_release  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.formats import DEFAULT_ARTIFACTS, FORMATS, PLAIN_ARTIFACTS  # noqa: E402
-from export.formats.tflite_micro import MIN_GATE_IMAGES, TYPICAL_BOARD_PARAMETERS  # noqa: E402
+from export.formats.tflite_micro import IO_TYPES, MIN_GATE_IMAGES, TYPICAL_BOARD_PARAMETERS  # noqa: E402
 from export.opsets import DEFAULT_OPSET, opset_range  # noqa: E402
 from export.parity import THRESHOLD_SYNTAX, parse_thresholds  # noqa: E402
 from export.pipeline import DEFAULT_CALIBRATION_SAMPLES, check_format_options  # noqa: E402
@@ -127,7 +127,8 @@ def _add_quantization_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--micro-io",
-        help="input and output type of the TFLite Micro artifact: int8 or uint8 (default: int8)",
+        choices=IO_TYPES,
+        help="input and output type of the TFLite Micro artifact (default: int8)",
     )
     parser.add_argument(
         "--micro-gate-seconds",
