@@ -12,6 +12,7 @@ TFLite Micro names what went wrong only on the native stderr ("Didn't find op fo
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,23 @@ def _interpreter(model: bytes, arena: int) -> tuple[tflm.Interpreter | None, lis
     except (RuntimeError, ValueError):
         return None, said
     return interpreter, said
+
+
+def stripped(model: bytes) -> bytes:
+    """``model`` without the strings only a debugger reads (TFLite's ``strip_strings``: tensor and
+    subgraph names, signature defs, the description), re-serialized by TFLite Micro's own aligner
+    so that every buffer keeps the 16-byte alignment its kernels expect. Names are ~6% of a small
+    model's flash (2.8 KB of edge_micro's 52 KB on Fashion-MNIST); the arithmetic is untouched."""
+    from tensorflow.lite.tools import flatbuffer_utils
+    from tflite_micro.tensorflow.lite.micro.tools import tflite_flatbuffer_align_wrapper
+
+    tree = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    flatbuffer_utils.strip_strings(tree)
+    with tempfile.TemporaryDirectory() as work:
+        packed, aligned = Path(work, "packed.tflite"), Path(work, "aligned.tflite")
+        packed.write_bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
+        tflite_flatbuffer_align_wrapper.align_tflite_model(str(packed), str(aligned))
+        return aligned.read_bytes()
 
 
 def check_kernels(model: bytes, name: str) -> None:

@@ -2,7 +2,8 @@
 
 The file is the int8 TFLite that post-training quantization makes (``export.quantize``), with
 int8 input and output by default (``micro_io``: "uint8" for boards whose camera code wants
-those), and only operators TFLite Micro has kernels for. Beside it travel its description (JSON,
+those), stripped of the strings only a debugger reads, and only operators TFLite Micro has
+kernels for. Beside it travel its description (JSON,
 as for TFLite) and ``<stem>_data.cc`` / ``<stem>_data.h``: the flatbuffer as a C array, with the
 constants a firmware needs (``export.c_array``).
 
@@ -109,14 +110,19 @@ class TFLiteMicroFormat(Format):
         return ("calibration", "equalization")
 
     def build(self, builder: Builder, spec: ArtifactSpec, recipe: Int8Recipe, info: ModelInfo, path: Path) -> None:
-        from export.micro import check_kernels
-        from export.quantize import tflite_int8
+        from export.micro import check_kernels, stripped
 
-        io_type = builder.options(self.name)["micro_io"]
-        data = tflite_int8(TFLITE.calibrated(builder, recipe, info), io_type=io_type)
+        data = stripped(self.quantized(builder, recipe, info))
         check_kernels(data, spec.filename)
         path.write_bytes(data)
         self.write_sidecars(path, info)
+
+    def quantized(self, builder: Builder, recipe: Int8Recipe, info: ModelInfo) -> bytes:
+        """The full-integer file before its strings are stripped (its tensor names are what the
+        per-layer error report matches against the float model's)."""
+        from export.quantize import tflite_int8
+
+        return tflite_int8(TFLITE.calibrated(builder, recipe, info), io_type=builder.options(self.name)["micro_io"])
 
     def predictor(self, path: Path, info: ModelInfo, threads: int | None = None) -> Predict:
         """TFLite Micro's kernels fed the images resized by the runtime's own code (one thread)."""
@@ -198,7 +204,8 @@ class TFLiteMicroFormat(Format):
         from export.diagnose import tflite_layer_errors
 
         info = builder.info_for(spec)
-        return tflite_layer_errors(TFLITE.calibrated(builder, recipe, info), path.read_bytes(), images, info)
+        calibrated = TFLITE.calibrated(builder, recipe, info)
+        return tflite_layer_errors(calibrated, self.quantized(builder, recipe, info), images, info)
 
     def load_for_bench(self, runner: BenchRunner, path: Path, threads: int) -> Loaded:
         from export.micro import MicroModel
