@@ -23,7 +23,7 @@ import_tensorflow_quietly()
 from export.accuracy_control import REMEDIES, ControlSettings  # noqa: E402
 from export.api import ExportReport, export_model, export_release  # noqa: E402
 from export.errors import ExportError  # noqa: E402
-from export.formats import DEFAULT_ARTIFACTS, FORMATS, PLAIN_ARTIFACTS  # noqa: E402
+from export.formats import DEFAULT_ARTIFACTS, FORMATS, PLAIN_ARTIFACTS, expand  # noqa: E402
 from export.formats.tflite_micro import IO_TYPES, MIN_GATE_IMAGES, TYPICAL_BOARD_PARAMETERS  # noqa: E402
 from export.opsets import DEFAULT_OPSET, opset_range  # noqa: E402
 from export.parity import THRESHOLD_SYNTAX, parse_thresholds  # noqa: E402
@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--formats",
-        help=f"comma-separated artifacts out of {', '.join(PLAIN_ARTIFACTS)} (default: {', '.join(DEFAULT_ARTIFACTS)}, "
+        help=f"comma-separated artifacts out of {', '.join(PLAIN_ARTIFACTS)}, or formats ({', '.join(FORMATS)}: all "
+        f"of that format's) (default: {', '.join(DEFAULT_ARTIFACTS)}, "
         f"and tflite_micro_int8 for a model of at most {TYPICAL_BOARD_PARAMETERS:,} parameters)",
     )
     parser.add_argument(
@@ -228,7 +229,7 @@ def _check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     except ExportError as exc:
         parser.error(str(exc))
     if args.formats is not None:
-        args.formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+        args.formats = expand([f.strip() for f in args.formats.split(",") if f.strip()])
         unknown = [f for f in args.formats if f not in PLAIN_ARTIFACTS]
         if unknown or not args.formats:
             parser.error(f"unknown --formats {unknown}; choose from {', '.join(PLAIN_ARTIFACTS)}")

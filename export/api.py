@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from export.errors import ExportError  # noqa: E402
-from export.formats import PLAIN_ARTIFACTS  # noqa: E402
+from export.formats import PLAIN_ARTIFACTS, expand  # noqa: E402
 from export.pipeline import ExportConfig, Release, export  # noqa: E402
 from export.report import HEADER, status_rows, status_text  # noqa: E402
 from export.source import (  # noqa: E402
@@ -148,7 +148,7 @@ def export_release(
 
 
 def _config(formats: Sequence[str] | None, options: dict, release: bool = False) -> ExportConfig:
-    names = tuple(formats) if formats is not None else None
+    names = expand(formats) if formats is not None else None
     unknown = [name for name in names or () if name not in PLAIN_ARTIFACTS]
     if unknown or names == ():
         raise ExportError(f"unknown formats {unknown}; choose from {', '.join(PLAIN_ARTIFACTS)}")

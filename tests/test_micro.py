@@ -15,7 +15,7 @@ from tflite_micro.python.tflite_micro import runtime as tflm
 
 from export import c_array
 from export.__main__ import main
-from export.formats import DEFAULT_ARTIFACTS, default_artifacts, files_of
+from export.formats import DEFAULT_ARTIFACTS, default_artifacts, expand, files_of
 from export.formats.tflite_micro import MIN_GATE_IMAGES, TFLITE_MICRO, TYPICAL_BOARD_PARAMETERS
 from export.micro import ARENA_STEP, MicroError, MicroModel, check_kernels
 from export.sampling import gate_subset
@@ -59,6 +59,15 @@ def test_a_model_that_fits_a_board_gets_a_gated_micro_artifact_by_default(export
     header = (folder / "model_int8_micro_data.h").read_text()
     assert f"kTensorArenaSize = {entry['arena_bytes']};" in header
     assert f"kModelDataSize = {len(model)};" in header
+
+
+def test_a_format_name_stands_for_its_artifacts():
+    assert expand(["tflite_micro", "onnx", "onnx_int8", "nonsense"]) == (
+        "tflite_micro_int8",
+        "onnx_fp32",
+        "onnx_int8",
+        "nonsense",
+    )
 
 
 def test_only_small_models_get_the_micro_artifact_by_default():
@@ -147,7 +156,7 @@ def test_a_slow_target_is_gated_on_a_seeded_subset_with_uint8_input(trained_mode
     for name in ("model.keras", "metrics.json"):
         shutil.copy2(trained_models / "fashion_mnist" / name, models / "fashion_mnist" / name)
     args = ["--dataset", "fashion_mnist", "--models-dir", str(models), "--data-dir", str(small_data_dir)]
-    code = main([*args, "--formats", "tflite_micro_int8", "--micro-gate-seconds", "0.01", "--micro-io", "uint8"])
+    code = main([*args, "--formats", "tflite_micro", "--micro-gate-seconds", "0.01", "--micro-io", "uint8"])
     assert code == 0
     folder = models / "fashion_mnist"
     entry = entry_of(folder)

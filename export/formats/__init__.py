@@ -8,6 +8,8 @@ format" page.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from export.formats.base import ArtifactSpec, Format
 from export.formats.onnx import ONNX
 from export.formats.tflite import TFLITE
@@ -23,6 +25,16 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
 PLAIN_ARTIFACTS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization != "qat")  # --formats
 DEFAULT_ARTIFACTS = tuple(name for name in PLAIN_ARTIFACTS if FORMATS[ARTIFACTS[name].format].default)
 QAT_ARTIFACTS = tuple(name for name, spec in ARTIFACTS.items() if spec.quantization == "qat")
+
+
+def expand(names: Sequence[str]) -> tuple[str, ...]:
+    """Artifact names, a format's name standing for all its post-training artifacts
+    (``tflite_micro`` -> ``tflite_micro_int8``); unknown names are kept for the caller to refuse."""
+    expanded: list[str] = []
+    for name in names:
+        members = [n for n in PLAIN_ARTIFACTS if ARTIFACTS[n].format == name] if name in FORMATS else [name]
+        expanded += [n for n in members if n not in expanded]
+    return tuple(expanded)
 
 
 def default_artifacts(parameters: int) -> tuple[str, ...]:
