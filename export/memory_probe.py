@@ -11,13 +11,10 @@ that figure in bytes; where Linux's counters are missing, nothing.
 from __future__ import annotations
 
 import importlib
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-
-PROBE_TIMEOUT_S = 120
 
 
 def _status_bytes(field: str) -> int | None:
@@ -54,22 +51,6 @@ def probe(format_name: str, path: Path) -> int | None:
         loaded.call(loaded.prepare(pixels))
     peak = _status_bytes("VmHWM")
     return None if peak is None else max(peak - baseline, 0)
-
-
-def working_memory(format_name: str, path: Path) -> int | None:
-    """:func:`probe` in a fresh process; None when it cannot be measured (never an error: it is
-    information, and the artifact has passed or failed its gate already)."""
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "export.memory_probe", format_name, str(path)],
-            capture_output=True,
-            text=True,
-            timeout=PROBE_TIMEOUT_S,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,7 +177,7 @@ class Format(ABC):
     def working_memory(self, path: Path) -> int | None:
         """The memory running one image takes beyond the runtime library itself, in bytes (None:
         not measurable here): measured in a process that runs only this artifact."""
-        from export.memory_probe import working_memory
+        from export.memory import working_memory
 
         return working_memory(self.name, path)
 
