@@ -258,10 +258,10 @@ def test_ablation_tabulates_variants_on_the_same_budget(tmp_path, fashion):
 
     small = subset(fashion, 3000, 1000, seed=2)  # the mechanism, not the figures: a few thousand images
     write_idx_dataset(tmp_path / "data" / "fashion-mnist", small.x_train, small.y_train, small.x_test, small.y_test)
-    args = ["--dataset", "fashion_mnist", "--epochs", "1", "--only", "1,4,9", "--out", str(tmp_path)]
+    args = ["--dataset", "fashion_mnist", "--epochs", "1", "--only", "1,4", "--out", str(tmp_path)]
     assert ablation([*args, "--data-dir", str(tmp_path / "data")]) == 0
     rows = json.loads((tmp_path / "fashion_mnist" / "ablation.json").read_text())
-    assert [r["variant"] for r in rows] == ["full recipe", "- lookahead", "seed notebook CNN, no augmentation"]
+    assert [r["variant"] for r in rows] == ["full recipe", "- lookahead"]
     assert all(r["epochs"] == 1 and 0 < r["test_accuracy"] <= 1 for r in rows)
     table = (tmp_path / "fashion_mnist" / "ablation.md").read_text()
     assert "| - lookahead |" in table and "pp |" in table
