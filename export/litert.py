@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from export.integers import to_integers, to_reals
 from runtime.metadata import ModelInfo
 from runtime.native_logs import native_notices_filtered
 from runtime.preprocess import normalize
@@ -45,9 +46,7 @@ class LiteRTModel:
         dtype = self._input["dtype"]
         if dtype == np.float32:
             return batch
-        scale, zero = self._input["quantization"]
-        limits = np.iinfo(dtype)
-        return np.clip(np.rint(batch / scale + zero), limits.min, limits.max).astype(dtype)
+        return to_integers(batch, *self._input["quantization"], dtype)
 
     @property
     def output_step(self) -> float:
@@ -57,8 +56,7 @@ class LiteRTModel:
     def _dequantize(self, values: np.ndarray) -> np.ndarray:
         if values.dtype == np.float32:
             return values
-        scale, zero = self._output["quantization"]
-        return (values.astype(np.float32) - zero) * scale
+        return to_reals(values, *self._output["quantization"])
 
     def run(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Probabilities for an NxHxWxC uint8 batch."""

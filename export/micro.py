@@ -11,6 +11,7 @@ TFLite Micro names what went wrong only on the native stderr ("Didn't find op fo
 
 from __future__ import annotations
 
+import functools
 import re
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from tflite_micro.python.tflite_micro import runtime as tflm
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
 from export.errors import ExportError
+from export.integers import to_integers, to_reals
 from runtime.metadata import ModelInfo
 from runtime.native_logs import native_stderr
 from runtime.preprocess import normalize
@@ -92,11 +94,14 @@ def check_kernels(model: bytes, name: str) -> None:
         raise MicroError(f"{name}: TFLite Micro cannot run it within {LARGEST_ARENA // 2**20} MiB ({detail})")
 
 
+@functools.lru_cache(maxsize=8)
 def smallest_arena(model: bytes) -> int:
     """The smallest tensor arena, to ``ARENA_STEP`` bytes, with which the model loads and runs.
 
     Measured on this 64-bit host: the arena also holds TFLite Micro's own structs, whose pointers
-    are half as wide on a 32-bit microcontroller, so the figure is an upper bound there."""
+    are half as wide on a 32-bit microcontroller, so the figure is an upper bound there. A bisection
+    of some twenty loads, kept per file: the C header, the manifest and the memory profile all
+    state it."""
     high = 4 * 1024
     while _interpreter(model, high)[0] is None:
         if high >= LARGEST_ARENA:
@@ -119,9 +124,9 @@ class MicroModel:
     def __init__(self, path: Path | str, info: ModelInfo) -> None:
         self.info = info
         model = Path(path).read_bytes()
-        interpreter, said = _interpreter(model, LARGEST_ARENA)
+        interpreter, _ = _interpreter(model, LARGEST_ARENA)
         if interpreter is None:
-            check_kernels(model, Path(path).name)
+            check_kernels(model, Path(path).name)  # raises, naming why
         self.interpreter = interpreter
         self._input = interpreter.get_input_details(0)
         self._output = interpreter.get_output_details(0)
@@ -139,10 +144,7 @@ class MicroModel:
 
     def quantize(self, pixels: np.ndarray) -> np.ndarray:
         """The model's integer input for uint8 pixels, as the device's code computes it."""
-        scale, zero = self.parameters(self._input)
-        limits = np.iinfo(self._input["dtype"])
-        values = np.rint(normalize(pixels, self.info) / scale + zero)
-        return np.clip(values, limits.min, limits.max).astype(self._input["dtype"])
+        return to_integers(normalize(pixels, self.info), *self.parameters(self._input), self._input["dtype"])
 
     def raw(self, quantized: np.ndarray) -> np.ndarray:
         """The integer outputs for a batch of integer inputs, one invoke per image."""
@@ -154,8 +156,7 @@ class MicroModel:
         return np.stack(outputs) if outputs else np.zeros((0, self._output["shape"][-1]), self._output["dtype"])
 
     def dequantize(self, values: np.ndarray) -> np.ndarray:
-        scale, zero = self.parameters(self._output)
-        return (values.astype(np.float32) - zero) * scale
+        return to_reals(values, *self.parameters(self._output))
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities for an NxHxWxC uint8 batch."""

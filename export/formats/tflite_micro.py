@@ -3,15 +3,14 @@
 The file is the int8 TFLite that post-training quantization makes (``export.quantize``), with
 int8 input and output by default (``micro_io``: "uint8" for boards whose camera code wants
 those), stripped of the strings only a debugger reads, and only operators TFLite Micro has
-kernels for. Beside it travel its description (JSON,
-as for TFLite) and ``<stem>_data.cc`` / ``<stem>_data.h``: the flatbuffer as a C array, with the
-constants a firmware needs (``export.c_array``).
+kernels for. Beside it travel its description (JSON, as for TFLite) and ``<stem>_data.cc`` /
+``<stem>_data.h``: the flatbuffer as a C array, with the constants a firmware needs (``export.c_array``).
 
 The gate runs the artifact on TFLite Micro's own kernels (``export.micro``): one image per
 invoke, as on a device. When the full test split would take longer than ``micro_gate_seconds``, it
-runs a seeded subset, and the gate's bound is computed on the images it saw. On those images
-LiteRT's reference kernels, whose integer arithmetic TFLite Micro's kernels port, must give the
-same answers on a sample of those images (their outputs may differ by a few rounding steps).
+runs a seeded subset, and the gate's bound is computed on the images it saw. On a sample of those
+images LiteRT's reference kernels, whose integer arithmetic TFLite Micro's kernels port, must give
+the same answers (their outputs may differ by a few rounding steps).
 The manifest records the flash (file bytes), the measured tensor arena and the operator list.
 
 A float fallback has no place on a microcontroller, so accuracy control only recalibrates and
@@ -94,8 +93,8 @@ class TFLiteMicroFormat(Format):
         from export.c_array import Quantization, header, source
         from export.micro import MicroModel, smallest_arena
 
-        json_name, source_name, header_name = self.sidecars(path.name)
-        path.with_name(json_name).write_text(info.to_json() + "\n")
+        TFLITE.write_sidecars(path, info)  # the JSON description, as for TFLite
+        _, source_name, header_name = self.sidecars(path.name)
         model = path.read_bytes()
         micro = MicroModel(path, info)
         inputs, outputs = (Quantization(*micro.parameters(e), e["dtype"].__name__) for e in micro.entries)
