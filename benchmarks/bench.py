@@ -18,6 +18,7 @@ from tqdm import tqdm
 from benchmarks.coldstart import cold_start, write_sample_image
 from benchmarks.contenders import BY_KEY, RUNTIME_KEY, Contender, discover
 from benchmarks.folder import all_cores, folder_throughput
+from benchmarks.neighbour import neighbours_for
 from benchmarks.stats import summarize
 from runtime.environment import library_versions, machine_info
 
@@ -38,6 +39,7 @@ class BenchConfig:
     cold_runs: int = 5
     folder_images: int = 4000  # real test images for the folder-throughput step (0: skip it)
     folder_runs: int = 3
+    busy: bool = True  # batch 1 measured again while other processes keep all cores but one busy
     seed: int = 0
 
     @classmethod
@@ -65,6 +67,7 @@ def run_worker(contender: Contender, path: Path, threads: int, config: BenchConf
         "budget_s": config.budget_s,
         "warmup": config.warmup,
         "min_iterations": config.min_iterations,
+        "neighbours": neighbours_for(all_cores()) if config.busy else 0,
         "seed": config.seed,
     }
     argv = [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
@@ -93,12 +96,16 @@ def benchmark(folder: Path, config: BenchConfig, test_images=None) -> dict:
     cold = config.cold_runs > 0 and any(c.key == RUNTIME_KEY for c in contenders)  # 0 runs: no cold-start step
     workers = sorted({1, all_cores()})
     folder_step = cold and test_images is not None and config.folder_images > 0
-    total = len(contenders) * len(config.threads) * len(config.batch_sizes) + (3 * config.cold_runs if cold else 0)
+    cells_per_worker = len(config.batch_sizes) + config.busy
+    total = len(contenders) * len(config.threads) * cells_per_worker + (3 * config.cold_runs if cold else 0)
     total += len(workers) * config.folder_runs if folder_step else 0
-    cells, models, failures = [], {}, []
+    cells, busy, models, failures = [], [], {}, []
     with tqdm(total=total, desc=f"bench {folder.name}", unit=" cell") as bar:
         for contender in contenders:
-            models[contender.key] = _measure_contender(contender, folder / contender.filename, config, bar, cells)
+            measured = _measure_contender(contender, folder / contender.filename, config, bar)
+            models[contender.key] = measured["model"]
+            cells += measured["cells"]
+            busy += measured["busy"]
             failures += models[contender.key].pop("failures")
         cold_figures = None
         if cold:
@@ -124,6 +131,8 @@ def benchmark(folder: Path, config: BenchConfig, test_images=None) -> dict:
         "config": asdict(config),
         "models": models,
         "cells": cells,
+        "busy": busy,
+        "neighbours": neighbours_for(all_cores()) if config.busy else 0,
         "cold_start": cold_figures,
         "folder": folder_figures,
         "skipped": skipped,
@@ -131,8 +140,9 @@ def benchmark(folder: Path, config: BenchConfig, test_images=None) -> dict:
     }
 
 
-def _measure_contender(contender: Contender, path: Path, config: BenchConfig, bar: tqdm, cells: list[dict]) -> dict:
-    """Run one contender at every thread setting, appending its cells; its per-model figures.
+def _measure_contender(contender: Contender, path: Path, config: BenchConfig, bar: tqdm) -> dict:
+    """Run one contender at every thread setting: its per-model figures (``model``), its quiet
+    cells (``cells``) and its batch-1 cells beside a busy neighbour (``busy``).
 
     Load time is the best over the processes, peak memory the worst."""
     model = {
@@ -145,6 +155,7 @@ def _measure_contender(contender: Contender, path: Path, config: BenchConfig, ba
         "peak_rss_mib": None,
         "failures": [],
     }
+    cells, busy = [], []
     for threads in config.threads:
         bar.set_postfix_str(f"{contender.label}, {threads} thread(s)")
         try:
@@ -156,11 +167,12 @@ def _measure_contender(contender: Contender, path: Path, config: BenchConfig, ba
         for record in records:
             if "batch" in record:
                 summary = summarize(record["batch"], record["seconds"])
-                cells.append({"key": contender.key, "threads": threads, "batch": record["batch"], **summary})
+                cell = {"key": contender.key, "threads": threads, "batch": record["batch"], **summary}
+                (busy if record.get("busy") else cells).append(cell)
                 model["load_s"] = min(filter(None, [model["load_s"], record["load_s"]]))
             else:
                 model["peak_rss_mib"] = max(filter(None, [model["peak_rss_mib"], record["peak_rss_mib"]]))
-    return model
+    return {"model": model, "cells": cells, "busy": busy}
 
 
 def _measure_cold_start(model: Path, config: BenchConfig, tick) -> dict:

@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from benchmarks.contenders import BY_KEY, import_runtime, load  # noqa: E402
+from benchmarks.neighbour import busy_neighbour  # noqa: E402
 from export.formats.base import Loaded  # noqa: E402
 from export.latency import measure  # noqa: E402
 
@@ -43,16 +44,23 @@ def load_timed(key: str, path: str, threads: int) -> tuple[Loaded, float]:
 
 
 def measure_cells(spec: dict) -> None:
-    """Every batch size of one contender at one thread setting, then the process's peak memory.
+    """Every batch size of one contender at one thread setting, batch 1 again beside a busy
+    neighbour (``spec["neighbours"]`` busy processes; 0 skips it), then the process's peak memory.
 
     The process loaded nothing but this contender, so its peak resident memory is what running
     the contender costs (interpreter and library included), up to the largest batch.
     """
     runner, load_s = load_timed(spec["key"], spec["path"], spec["threads"])
-    for batch in spec["batch_sizes"]:
+
+    def timed(batch: int) -> list[float]:
         x = runner.prepare(sample_pixels(runner.shape, batch, spec["seed"]))
-        timings = measure(lambda x=x: runner.call(x), spec["budget_s"], spec["warmup"], spec["min_iterations"])
-        emit({"batch": batch, "load_s": load_s, "seconds": timings})
+        return measure(lambda: runner.call(x), spec["budget_s"], spec["warmup"], spec["min_iterations"])
+
+    for batch in spec["batch_sizes"]:
+        emit({"batch": batch, "load_s": load_s, "seconds": timed(batch)})
+    if spec["neighbours"]:
+        with busy_neighbour(spec["neighbours"]):
+            emit({"batch": 1, "busy": True, "load_s": load_s, "seconds": timed(1)})
     emit({"peak_rss_mib": peak_rss_mib()})
 
 

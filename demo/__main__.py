@@ -90,7 +90,7 @@ def create(args: argparse.Namespace):
     """The app, queued and ready to launch, plus the folders it may serve files from."""
     own_upload_folder()
     from demo.app import Demo, build_app, load_models, release_folders
-    from demo.examples import data_dir_from, examples_for, find_examples
+    from demo.examples import ExampleLoader, data_dir_from, example_folders
     from demo.uploads import UploadPolicy, UploadSweeper
     from runtime.artifacts import default_models_dir
 
@@ -99,10 +99,9 @@ def create(args: argparse.Namespace):
     sweeper = UploadSweeper(demo.uploads.folder, args.max_upload_storage, UPLOAD_MAX_AGE_S).start()
     atexit.register(sweeper.stop)
     data_dir = data_dir_from(args.data_dir)
-    examples = examples_for(folders, find_examples(data_dir))
-    app = build_app(demo, examples, data_dir)
+    app = build_app(demo, ExampleLoader(folders, data_dir).start())
     app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
-    return app, sorted({str(p.parent) for paths in examples.values() for p in paths})
+    return app, [str(folder) for folder in example_folders(data_dir)]
 
 
 def read_auth_file(path: Path) -> list[tuple[str, str]]:

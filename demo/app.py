@@ -12,13 +12,14 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
-from demo.examples import DATASETS, example_label
+from demo.examples import DATASETS, ExampleLoader, example_label
 from demo.uploads import UploadPolicy
 from runtime.artifacts import MANIFEST, manifest_entry, read_manifest
 from runtime.classifier import Classifier
@@ -160,6 +161,10 @@ class Demo:
         return labels, enlarge(pixels[0]), latency, loaded.card
 
 
+EXAMPLES_WAIT_S = 120.0  # a page load waits this long for examples still being found, then goes without
+EXAMPLES_LOADING = "Loading the example images..."
+
+
 def examples_note(examples: dict[str, list[Path]], data_dir: Path | None) -> str:
     """The line above the examples. The page is served to every client, so it never shows a server path."""
     if any(examples.values()):
@@ -190,7 +195,8 @@ class Inputs:
     classify_sketch: gr.Button
 
 
-def build_app(demo: Demo, examples: dict[str, list[Path]], data_dir: Path | None) -> gr.Blocks:
+def build_app(demo: Demo, examples: ExampleLoader) -> gr.Blocks:
+    """The page. It is served before the examples are found; each page load fills them in."""
     with gr.Blocks(title="edgepack: edge image classifiers", analytics_enabled=False) as app:
         gr.Markdown(
             "# edgepack demo\nClassify an image with a shipped artifact, run by ONNX Runtime through "
@@ -199,12 +205,32 @@ def build_app(demo: Demo, examples: dict[str, list[Path]], data_dir: Path | None
         with gr.Row():
             with gr.Column():
                 inputs = _input_panel(demo)
-                gr.Markdown(examples_note(examples, data_dir))
-                galleries = _galleries(demo, examples)
+                note = gr.Markdown(EXAMPLES_LOADING, elem_id="examples-note")
+                galleries = _galleries(demo)
             with gr.Column():
                 outputs = _output_panel(demo)
         _wire(demo, inputs, outputs, galleries, examples)
+        app.load(
+            example_filler(demo, examples, list(galleries)),
+            None,
+            [note, *galleries.values()],
+            api_name=False,
+            concurrency_limit=None,
+        )
     return app
+
+
+def example_filler(demo: Demo, examples: ExampleLoader, names: list[str]) -> Callable[[], list]:
+    """The page-load handler: the examples note and each gallery's images (hidden if it has none)."""
+
+    def fill() -> list:
+        found = examples.wait(EXAMPLES_WAIT_S)
+        shown = [
+            [(str(path), example_label(path, demo.labels(name))) for path in found.get(name, [])] for name in names
+        ]
+        return [examples_note(found, examples.data_dir), *(gr.Gallery(value=v, visible=bool(v)) for v in shown)]
+
+    return fill
 
 
 def _input_panel(demo: Demo) -> Inputs:
@@ -230,11 +256,12 @@ def _input_panel(demo: Demo) -> Inputs:
     return Inputs(dataset, precision, upload, webcam, sketch, classify_sketch)
 
 
-def _galleries(demo: Demo, examples: dict[str, list[Path]]) -> dict[str, gr.Gallery]:
-    """One gallery of test images per dataset that has examples."""
+def _galleries(demo: Demo) -> dict[str, gr.Gallery]:
+    """One gallery of test images per served model, hidden until its examples are found."""
     return {
         name: gr.Gallery(
-            [(str(path), example_label(path, demo.labels(name))) for path in examples[name]],
+            None,
+            visible=False,
             label=f"{name}: click a test image",
             columns=5,
             rows=2,
@@ -243,7 +270,6 @@ def _galleries(demo: Demo, examples: dict[str, list[Path]]) -> dict[str, gr.Gall
             allow_preview=False,
         )
         for name in demo.datasets
-        if examples.get(name)
     }
 
 
@@ -256,9 +282,7 @@ def _output_panel(demo: Demo) -> list:
     return [label, seen, latency, card]
 
 
-def _wire(
-    demo: Demo, inputs: Inputs, outputs: list, galleries: dict[str, gr.Gallery], examples: dict[str, list[Path]]
-) -> None:
+def _wire(demo: Demo, inputs: Inputs, outputs: list, galleries: dict[str, gr.Gallery], examples: ExampleLoader) -> None:
     """Every input classifies (raw payloads: the runtime does all decoding); a gallery click loads its image."""
     choices = [inputs.dataset, inputs.precision]
     raw = {"preprocess": False, "concurrency_id": "model"}
@@ -270,15 +294,16 @@ def _wire(
     for choice in choices:
         choice.change(demo.classify, [inputs.upload, *choices], outputs, api_name=False, **raw)
     for name, gallery in galleries.items():
-        gallery.select(example_picker(name, examples[name]), None, [inputs.upload, inputs.dataset], api_name=False)
+        picker = example_picker(name, functools.partial(examples.paths, name))
+        gallery.select(picker, None, [inputs.upload, inputs.dataset], api_name=False)
 
 
-def example_picker(dataset: str, paths: list[Path]):
+def example_picker(dataset: str, examples: Callable[[], list[Path]]):
     """A gallery click handler: put the example in the Upload box and switch to its model."""
 
     @one_line_errors
     def pick(event: gr.SelectData) -> tuple[str, str]:
-        index = event.index
+        index, paths = event.index, examples()
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(paths):
             raise gr.Error(f"{BAD_REQUEST}: no such example", print_exception=False)
         return str(paths[index]), dataset

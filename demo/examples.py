@@ -3,6 +3,10 @@
 They are written as PNG files once per data directory into a cache folder, so the page can show
 them and send them through the same upload path as a user's file. Without a data directory the
 demo runs without examples and says where they would come from.
+
+Finding them can take seconds (a tarball is read to its end for its test split), so the server
+never waits for it: ``ExampleLoader`` fetches them on a thread while the page is already served,
+and the page fills its galleries when they are there.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from PIL import Image
@@ -95,3 +100,41 @@ def examples_for(folders: list[Path], by_dataset: dict[str, list[Path]]) -> dict
             dataset = None
         found[folder.name] = by_dataset.get(dataset, []) if isinstance(dataset, str) else []
     return found
+
+
+def example_folders(data_dir: Path | None) -> list[Path]:
+    """Where the examples of every dataset will be: the only server folders the page may show files
+    from, known before the examples are (a served file is never one that a client named)."""
+    return [] if data_dir is None else [examples_cache(data_dir) / name for name in DATASETS]
+
+
+class ExampleLoader:
+    """The served folders' examples, found on a thread so that the server starts without them."""
+
+    def __init__(self, folders: list[Path], data_dir: Path | None) -> None:
+        self.data_dir = data_dir
+        self._folders = folders
+        self._found: dict[str, list[Path]] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._load, name="demo-examples", daemon=True)
+
+    def start(self) -> ExampleLoader:
+        self._thread.start()
+        return self
+
+    def _load(self) -> None:
+        try:
+            self._found = examples_for(self._folders, find_examples(self.data_dir))
+        except Exception:  # a page without examples still classifies; the reason goes to the log
+            log.exception("no examples")
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> dict[str, list[Path]]:
+        """The examples of each served folder, by its name (empty lists if not there in ``timeout``)."""
+        self._done.wait(timeout)
+        return self._found if self._done.is_set() else {}
+
+    def paths(self, folder: str) -> list[Path]:
+        """One folder's examples, once found (empty until then)."""
+        return self._found.get(folder, []) if self._done.is_set() else []

@@ -16,14 +16,16 @@ from runtime.cli import fail
 
 CHROMIUM = "/usr/bin/chromium"
 LABEL = '[data-testid="label-output-value"]'
+EXAMPLES_NOTE = "#examples-note"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 
 
 def capture(
     url: str, image: Path, out: Path, model: str | None = None, chromium: str = CHROMIUM, timeout_s: float = 60
 ) -> str:
-    """Open ``url``, pick ``model`` (a dataset name) if given, upload ``image``, wait for the
-    prediction, screenshot the page to ``out``, and return the predicted label as shown."""
+    """Open ``url``, wait for the page load to fill in the examples, pick ``model`` (a served folder's
+    name) if given, upload ``image``, wait for the prediction, screenshot the page to ``out``, and
+    return the predicted label as shown."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -32,6 +34,10 @@ def capture(
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(timeout_s * 1000)
             page.goto(url)
+            page.wait_for_function(
+                "selector => !(document.querySelector(selector)?.textContent || 'Loading').includes('Loading')",
+                arg=EXAMPLES_NOTE,
+            )
             if model:
                 page.get_by_label(model, exact=True).check()
             page.locator("input[type=file]").first.set_input_files(str(image))

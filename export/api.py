@@ -40,9 +40,8 @@ from export.source import (  # noqa: E402
 )
 from runtime.artifacts import MANIFEST, default_models_dir, read_manifest  # noqa: E402
 from runtime.errors import ModelError  # noqa: E402
-from train.datasets import Dataset, load_dataset  # noqa: E402
-
-ARRAYS_NAME = "arrays"  # the dataset name recorded for in-memory arrays
+from train.datasets import ARRAYS_NAME, Dataset, image_array, label_array, load_dataset  # noqa: E402
+from train.errors import DataError  # noqa: E402
 
 
 @dataclass
@@ -187,9 +186,8 @@ def _dataset(data, calibration, labels, data_dir, model: keras.Model) -> Dataset
         return load_dataset(str(data), _text(data_dir))
     if not (isinstance(data, tuple) and len(data) == 2):
         raise ExportError("data: expected a dataset name, an image-folder path, or an (x_test, y_test) pair")
-    x_test, y_test = _images(data[0], "x_test"), np.asarray(data[1])
-    if y_test.ndim != 1 or len(y_test) != len(x_test) or not np.issubdtype(y_test.dtype, np.integer):
-        raise ExportError(f"y_test: expected {len(x_test)} integer labels, got shape {y_test.shape} {y_test.dtype}")
+    x_test = _images(data[0], "x_test")
+    y_test = _labels(data[1], len(x_test), "y_test")
     if calibration is None:
         raise ExportError("calibration: give training images to calibrate on (never the test images)")
     x_train, y_train = _calibration(calibration, x_test.shape[1:])
@@ -198,18 +196,23 @@ def _dataset(data, calibration, labels, data_dir, model: keras.Model) -> Dataset
     if y_test.min() < 0 or y_test.max() >= classes:
         raise ExportError(f"y_test: labels must lie in 0..{classes - 1}")
     names = tuple(labels) if labels is not None else tuple(str(i) for i in range(classes))
-    return Dataset(ARRAYS_NAME, names, x_train, y_train, x_test, y_test.astype(np.int64))
+    return Dataset(ARRAYS_NAME, names, x_train, y_train, x_test, y_test)
 
 
 def _images(array, name: str) -> np.ndarray:
-    """uint8 NxHxWxC (a missing channel axis added)."""
-    images = np.asarray(array)
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or not len(images):
-        raise ExportError(f"{name}: expected uint8 images NxHxW or NxHxWxC, got {images.dtype} {images.shape}")
-    images = images[..., None] if images.ndim == 3 else images
-    if images.shape[-1] not in (1, 3):
-        raise ExportError(f"{name}: images need 1 or 3 channels, got {images.shape[-1]}")
-    return images
+    """uint8 NxHxWxC (a missing channel axis added); a bad argument is the export's error."""
+    try:
+        return image_array(array, name)
+    except DataError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _labels(array, count: int, name: str) -> np.ndarray:
+    """``count`` int64 class labels; a bad argument is the export's error."""
+    try:
+        return label_array(array, count, name)
+    except DataError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _calibration(calibration, shape: tuple) -> tuple[np.ndarray, np.ndarray | None]:
@@ -218,9 +221,4 @@ def _calibration(calibration, shape: tuple) -> tuple[np.ndarray, np.ndarray | No
     images = _images(calibration[0] if pair else calibration, "calibration")
     if images.shape[1:] != shape:
         raise ExportError(f"calibration: images of shape {images.shape[1:]}, the test images are {shape}")
-    if not pair:
-        return images, None
-    labels = np.asarray(calibration[1])
-    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ExportError(f"calibration: expected {len(images)} integer labels beside the images")
-    return images, labels.astype(np.int64)
+    return images, _labels(calibration[1], len(images), "calibration") if pair else None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -77,6 +78,8 @@ def test_targets_report_met_missed_and_not_measured():
             "ort_fp32": {"bytes": 100},
         },
         "cold_start": {"classify": {"median_s": 0.3}, "import tensorflow": {"median_s": 3.0}},
+        "machine": {"cores": 2},
+        "busy": [_cell("ort_int8", 0.30), {**_cell("ort_int8", 0.50), "threads": 2}],
     }
     by_name = {row["target"]: row for row in targets(result)}
     ort_vs_litert = by_name["ORT int8 vs LiteRT int8 latency (batch 1, 1 thread(s))"]
@@ -92,6 +95,8 @@ def test_targets_report_met_missed_and_not_measured():
     assert by_name["TFLite int8 file size vs fp32"]["met"] is None
     assert by_name["classify cold start (median)"]["met"] is True
     assert by_name["classify cold start vs import tensorflow"]["value"] == pytest.approx(0.1)
+    busy = by_name["runtime default (all cores) vs one thread, batch 1 beside a busy neighbour"]
+    assert busy["value"] == pytest.approx(0.5 / 0.3) and busy["met"] is False
 
 
 def test_quick_run_writes_reports_and_skips_a_missing_artifact(exported_models, small_data_dir, tmp_path):
@@ -120,6 +125,9 @@ def test_quick_run_writes_reports_and_skips_a_missing_artifact(exported_models, 
     assert any("model_fp16.tflite" in note for note in result["skipped"])
     assert not result["failures"]
     assert len(result["cells"]) == len(keys) * 2  # --quick: batch sizes 1 and 8, one thread setting
+    # batch 1 again while all cores but one are kept busy, for every contender
+    assert {cell["key"] for cell in result["busy"]} == keys and {cell["batch"] for cell in result["busy"]} == {1}
+    assert result["neighbours"] == max(1, (os.cpu_count() or 1) - 1)
     for cell in result["cells"]:
         assert 0 < cell["min_ms"] <= cell["p50_ms"] <= cell["p90_ms"] <= cell["p99_ms"]
         assert cell["throughput_ips"] > 0 and cell["iterations"] >= 3
@@ -136,7 +144,7 @@ def test_quick_run_writes_reports_and_skips_a_missing_artifact(exported_models, 
 
     text = (out / "bench-fashion_mnist.md").read_text()
     assert "## Targets" in text and "ORT int8 (runtime)" in text and "model_fp16.tflite" in text
-    assert "## Folder throughput" in text
+    assert "## Folder throughput" in text and "## Batch 1 beside a busy neighbour" in text
     with Image.open(out / "bench-fashion_mnist.png") as chart:
         assert chart.format == "PNG" and chart.width > 500
 

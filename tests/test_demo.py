@@ -251,6 +251,46 @@ def test_without_data_the_demo_says_where_examples_come_from():
     assert "EDGEPACK_DATA_DIR" in note and "--data-dir" in note
 
 
+def test_the_page_is_served_before_the_examples_are_found(shared_data, tmp_path, monkeypatch):
+    """From an empty cache the examples take seconds to find (the CIFAR-10 tarball is read to its
+    end); the server answers meanwhile, and each page load gets the examples once they are there."""
+    import threading
+
+    import demo.examples
+    from demo.app import Demo, example_filler, load_models
+    from demo.uploads import UploadPolicy
+
+    monkeypatch.setenv("EDGEPACK_CACHE_DIR", str(tmp_path / "empty-cache"))
+    release, find = threading.Event(), demo.examples.find_examples
+    monkeypatch.setattr(demo.examples, "find_examples", lambda data_dir: release.wait(60) and find(data_dir))
+    args = parse_args(["--port", str(free_port()), "--models-dir", str(MODELS), "--data-dir", str(shared_data)])
+    app, folders = create(args)
+    launch(app, folders, args, block=False)
+    try:
+        url = f"http://127.0.0.1:{args.port}/"
+        with urllib.request.urlopen(url, timeout=30) as page:
+            assert page.status == 200 and "edgepack" in page.read().decode()
+        image = tmp_path / "grey.png"
+        Image.new("L", (28, 28), 200).save(image)
+        label, _, _ = classify(Client(url, verbose=False), image, "fashion_mnist")
+        assert label["label"] and not release.is_set()  # answered while the examples were still awaited
+    finally:
+        release.set()
+        app.close()
+
+    release.clear()
+    served = [MODELS / "fashion_mnist", MODELS / "cifar10"]
+    loader = demo.examples.ExampleLoader(served, shared_data).start()
+    assert loader.wait(0) == {} and loader.paths("cifar10") == []
+    page = Demo(load_models(served), UploadPolicy.for_gradio(10 << 20))
+    release.set()
+    note, fashion, cifar = example_filler(page, loader, ["fashion_mnist", "cifar10"])()
+    assert "first image of each class" in note
+    assert fashion.visible and cifar.visible and len(cifar.value) == 10
+    assert all(str(path.parent) in folders for path in loader.paths("cifar10"))  # allowed at start
+    assert fashion.value[-1]["caption"] == "Ankle boot" and cifar.value[7]["caption"] == "horse"
+
+
 def test_the_page_never_shows_a_server_path(tmp_path):
     from demo.app import examples_note
 
@@ -306,7 +346,7 @@ def test_a_hidden_handler_refuses_an_out_of_range_example():
 
     from demo.app import example_picker
 
-    pick = example_picker("cifar10", [Path("a.png"), Path("b.png")])
+    pick = example_picker("cifar10", lambda: [Path("a.png"), Path("b.png")])
 
     class Event:
         index = 7
@@ -485,25 +525,42 @@ def test_a_malformed_manifest_is_skipped_with_a_warning_or_one_line(tmp_path, ca
     assert result.returncode == 2 and len(errors) == 1 and "no exported models" in errors[0], result.stderr
 
 
-def test_any_export_folder_is_served_with_model(exported_models, shared_data, tmp_path):
+@pytest.fixture(scope="module")
+def export_server(exported_models, shared_data, tmp_path_factory):
+    """The demo on one export folder of one's own (``python -m demo --model DIR``)."""
     import shutil
 
-    from demo.examples import example_label
-    from train.datasets import FASHION_MNIST_LABELS
-
-    mine = tmp_path / "my-export"
+    mine = tmp_path_factory.mktemp("own") / "my-export"
     shutil.copytree(exported_models / "fashion_mnist", mine, ignore=shutil.ignore_patterns("model.keras"))
     args = parse_args(["--port", str(free_port()), "--model", str(mine), "--data-dir", str(shared_data)])
     app, folders = create(args)
     launch(app, folders, args, block=False)
-    try:
-        client = Client(f"http://127.0.0.1:{args.port}/", verbose=False)
-        examples = find_examples(shared_data)["fashion_mnist"]
-        boot = next(p for p in examples if example_label(p, FASHION_MNIST_LABELS) == "Ankle boot")
-        label, _, card = classify(client, boot, "my-export")
-        assert label["label"] == "Ankle boot" and "my-export / int8" in card
-        with pytest.raises(Exception, match="no such model"):
-            classify(client, boot, "fashion_mnist")  # only the folders asked for are served
-    finally:
-        app.close()
+    yield f"http://127.0.0.1:{args.port}/", folders
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def ankle_boot(examples) -> Path:
+    from train.datasets import FASHION_MNIST_LABELS
+
+    return next(p for p in examples["fashion_mnist"] if example_label(p, FASHION_MNIST_LABELS) == "Ankle boot")
+
+
+def test_any_export_folder_is_served_with_model(export_server, ankle_boot):
+    url, folders = export_server
+    client = Client(url, verbose=False)
+    label, _, card = classify(client, ankle_boot, "my-export")
+    assert label["label"] == "Ankle boot" and "my-export / int8" in card
+    with pytest.raises(Exception, match="no such model"):
+        classify(client, ankle_boot, "fashion_mnist")  # only the folders asked for are served
     assert any("fashion_mnist" in folder for folder in folders)  # its dataset's examples are shown
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (make browser)")
+def test_browser_classifies_with_an_export_folder(export_server, ankle_boot, tmp_path):
+    pytest.importorskip("playwright", reason="Playwright's Python package is not installed (pip install -e .[dev])")
+    url, _ = export_server
+    shot = tmp_path / "mine.png"
+    assert capture(url, ankle_boot, shot, model="my-export") == "Ankle boot"
+    with Image.open(shot) as picture:
+        assert picture.format == "PNG" and picture.height > 600

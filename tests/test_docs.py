@@ -28,6 +28,9 @@ def test_the_site_builds_strictly(tmp_path):
     api = (tmp_path / "api" / "index.html").read_text()
     assert 'id="runtime.classifier.Classifier.predict"' in api  # the reference is read from the code
     assert 'id="export.formats.base.Format.build"' in api
+    assert 'id="train.api.train_model"' in api
+    notebook = (tmp_path / "examples" / "notebook" / "index.html").read_text()  # rendered with its outputs
+    assert "export_model(" in notebook and "model_int8.onnx" in notebook and "data:image/png;base64" in notebook
     assert (tmp_path / "models" / "cifar10" / "curves.png").is_file()  # shipped figures, not copies
 
 

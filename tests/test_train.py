@@ -286,3 +286,55 @@ def test_batchnorm_biases_learn_faster_by_the_asked_factor():
     for (path, step), (_, fast_step) in zip(steps[1.0], steps[64.0]):
         factor = 64.0 if path.endswith("/beta") else 1.0
         np.testing.assert_allclose(fast_step, factor * step, rtol=1e-4, atol=1e-7, err_msg=path)
+
+
+# --- The Python API: arrays in, the folder `export` reads out
+
+
+def test_train_model_on_arrays_writes_what_the_cli_writes(tmp_path, fashion):
+    from train import train_model
+
+    small = subset(fashion, 2000, 1000, seed=3)
+    names = list(fashion.labels)
+    report = train_model(
+        ((small.x_train[..., 0], small.y_train), (small.x_test, small.y_test)),  # NxHxW, as keras.datasets has it
+        out=tmp_path / "mine",
+        arch="baseline",
+        labels=names,
+        epochs=2,
+        val_fraction=0,
+    )
+    assert all((tmp_path / "mine" / name).stat().st_size > 0 for name in OUTPUTS)
+    assert report.metrics["dataset"] == "arrays" and report.metrics["labels"] == names
+    assert report.metrics["train_images"] == 2000 and report.metrics["test_images"] == 1000
+    assert report.metrics["test_accuracy"] > 0.5  # ten classes: a model that learnt nothing scores 0.1
+    answers = report.model.predict(small.x_test / 255.0, verbose=0).argmax(1)
+    assert np.mean(answers == small.y_test) == pytest.approx(report.metrics["test_accuracy"], abs=1e-6)
+    assert "arrays / baseline: test accuracy" in str(report) and "<img" in report._repr_html_()
+
+
+@pytest.mark.parametrize(
+    ("data", "options", "message"),
+    [
+        ("floats", {}, "x_train: expected uint8 images"),
+        ("short-labels", {}, "y_test: expected 1000 integer labels"),
+        ("arrays", {"labels": ["a", "b"]}, "labels: 2 names, but the labels go up to 9"),
+        ("fashion_mnist", {"labels": ["a"]}, "labels: only arrays take class names"),
+        ("one-split", {}, "data: expected a dataset name"),
+        ("arrays", {"arch": "resnet1000"}, "unknown architecture 'resnet1000'"),
+    ],
+)
+def test_train_model_refuses_bad_arguments_in_one_line(tmp_path, fashion, data, options, message):
+    from train import train_model
+    from train.errors import TrainError
+
+    small = subset(fashion, 200, 1000, seed=3)
+    given = {
+        "arrays": ((small.x_train, small.y_train), (small.x_test, small.y_test)),
+        "floats": ((small.x_train / 255.0, small.y_train), (small.x_test, small.y_test)),
+        "short-labels": ((small.x_train, small.y_train), (small.x_test, small.y_test[:-1])),
+        "one-split": ((small.x_train, small.y_train),),
+    }.get(data, data)
+    with pytest.raises(TrainError, match=message.replace("(", r"\(")):
+        train_model(given, out=tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()

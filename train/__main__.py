@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from runtime.artifacts import default_models_dir
 from runtime.cli import EXIT_OK, run_command
-from runtime.files import ensure_writable
 from train.errors import TrainError  # noqa: E402
 from train.quiet_tensorflow import import_tensorflow_quietly  # noqa: E402
 
@@ -76,34 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def release_accuracy(folder: Path) -> float | None:
-    """The test accuracy of a full (not --quick) training run published in ``folder``, if any."""
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-        return None if metrics.get("quick") else float(metrics["test_accuracy"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def check_output(folder: Path, quick: bool) -> None:
-    """Refuse a smoke run over a release; say so when a real run will replace one; and make sure
-    the folder can be written before any minutes of training."""
-    accuracy = release_accuracy(folder)
-    if accuracy is not None and quick:
-        raise TrainError(
-            f"{folder} holds a trained release ({100 * accuracy:.2f}% test accuracy); a --quick run never "
-            "replaces one: leave --out out (runs/quick/) or point it elsewhere"
-        )
-    if accuracy is not None:
-        log.warning(
-            "%s holds a release at %.2f%% test accuracy; this run replaces it when it finishes", folder, 100 * accuracy
-        )
-    try:
-        ensure_writable(folder)
-    except OSError as exc:
-        raise TrainError(f"{folder}: cannot write the training outputs there ({exc.strerror or exc})") from None
-
-
 def check_user_dataset_output(requested: str, name: str, folder: Path, out_given: bool) -> None:
     """A user's image folder never trains into a shipped release's folder by accident: a folder named
     like a registered dataset (``data/fashion_mnist``) needs an explicit ``--out``."""
@@ -116,36 +86,25 @@ def check_user_dataset_output(requested: str, name: str, folder: Path, out_given
 
 
 def run(args: argparse.Namespace) -> None:
-    from train.fit import TrainConfig, train
-    from train.plots import plot_curves, plot_samples
+    from train.api import train_dataset
 
     names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
     for name in names:
         dataset = load_dataset(name, args.data_dir)
         out = args.out / dataset.name
         check_user_dataset_output(name, dataset.name, out, args.out_given)
-        check_output(out, args.quick)
-        plot_samples(dataset.x_train, dataset.y_train, dataset.labels, out / "samples.png")
-        metrics = train(
-            TrainConfig(
-                dataset,
-                args.arch,
-                out,
-                args.epochs,
-                args.batch_size,
-                args.seed,
-                args.val_fraction,
-                args.quick,
-                args.resume,
-            )
+        report = train_dataset(
+            dataset,
+            out,
+            arch=args.arch,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            quick=args.quick,
+            resume=args.resume,
         )
-        history = json.loads((out / "history.json").read_text())
-        plot_curves(
-            history,
-            f"{dataset.name} / {args.arch}: test accuracy {100 * metrics['test_accuracy']:.2f}%",
-            out / "curves.png",
-        )
-        print(f"{dataset.name}: {args.arch} test accuracy {100 * metrics['test_accuracy']:.2f}% -> {out}")
+        print(f"{dataset.name}: {args.arch} test accuracy {100 * report.metrics['test_accuracy']:.2f}% -> {out}")
 
 
 def main(argv: list[str] | None = None) -> int:

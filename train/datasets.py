@@ -22,7 +22,7 @@ import pickle
 import struct
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +61,48 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+
+ARRAYS_NAME = "arrays"  # the dataset name recorded for in-memory arrays
+
+
+def image_array(array, name: str) -> np.ndarray:
+    """In-memory images as uint8 NxHxWxC (a missing channel axis added), or one clear error."""
+    images = np.asarray(array)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or not len(images):
+        raise DataError(f"{name}: expected uint8 images NxHxW or NxHxWxC, got {images.dtype} {images.shape}")
+    images = images[..., None] if images.ndim == 3 else images
+    if images.shape[-1] not in (1, 3):
+        raise DataError(f"{name}: images need 1 or 3 channels, got {images.shape[-1]}")
+    return images
+
+
+def label_array(array, count: int, name: str) -> np.ndarray:
+    """``count`` integer class labels as int64, or one clear error."""
+    labels = np.asarray(array)
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{name}: expected {count} integer labels, got shape {labels.shape} {labels.dtype}")
+    if count and labels.min() < 0:
+        raise DataError(f"{name}: labels must not be negative")
+    return labels.astype(np.int64)
+
+
+def dataset_from_arrays(train: tuple, test: tuple, labels: Sequence[str] | None = None) -> Dataset:
+    """A Dataset of ``((x_train, y_train), (x_test, y_test))`` arrays, as ``keras.datasets`` loads
+    them; class names default to the class numbers."""
+    pairs = {"train": train, "test": test}
+    for split, pair in pairs.items():
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise DataError(f"{split}: expected an (x_{split}, y_{split}) pair of arrays")
+    x_train, x_test = image_array(train[0], "x_train"), image_array(test[0], "x_test")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"x_test: images of shape {x_test.shape[1:]}, the training images are {x_train.shape[1:]}")
+    y_train, y_test = label_array(train[1], len(x_train), "y_train"), label_array(test[1], len(x_test), "y_test")
+    classes = len(labels) if labels is not None else int(max(y_train.max(), y_test.max())) + 1
+    if max(y_train.max(), y_test.max()) >= classes:
+        raise DataError(f"labels: {classes} names, but the labels go up to {max(y_train.max(), y_test.max())}")
+    names = tuple(labels) if labels is not None else tuple(str(i) for i in range(classes))
+    return Dataset(ARRAYS_NAME, names, x_train, y_train, x_test, y_test)
 
 
 @dataclass(frozen=True)

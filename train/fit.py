@@ -119,7 +119,7 @@ DATASET_CHANGES = {
     },
     ("edge_airbench", "cifar10"): {"epochs": 80, "val_fraction": 0.0, "weight_decay": 0.0045},
     ("edge_micro", "fashion_mnist"): {"epochs": 50},
-    ("edge_micro", "cifar10"): {"epochs": 80, "val_fraction": 0.0, "weight_decay": 0.0045},
+    ("edge_micro", "cifar10"): {"epochs": 48, "val_fraction": 0.0, "weight_decay": 0.0045},
 }
 
 
