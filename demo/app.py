@@ -163,6 +163,7 @@ class Demo:
 
 EXAMPLES_WAIT_S = 120.0  # a page load waits this long for examples still being found, then goes without
 EXAMPLES_LOADING = "Loading the example images..."
+EXAMPLES_LATE = "The example images are still being prepared: reload the page in a moment."
 
 
 def examples_note(examples: dict[str, list[Path]], data_dir: Path | None) -> str:
@@ -225,6 +226,8 @@ def example_filler(demo: Demo, examples: ExampleLoader, names: list[str]) -> Cal
 
     def fill() -> list:
         found = examples.wait(EXAMPLES_WAIT_S)
+        if found is None:
+            return [EXAMPLES_LATE, *(gr.Gallery(visible=False) for _ in names)]
         shown = [
             [(str(path), example_label(path, demo.labels(name))) for path in found.get(name, [])] for name in names
         ]

@@ -23,6 +23,7 @@ from PIL import Image
 
 from runtime.artifacts import MANIFEST, read_manifest
 from runtime.errors import ModelError
+from runtime.text import first_line
 from train.datasets import DATA_DIR_ENV, REGISTRY, cache_dir
 from train.errors import DataError
 
@@ -125,15 +126,14 @@ class ExampleLoader:
     def _load(self) -> None:
         try:
             self._found = examples_for(self._folders, find_examples(self.data_dir))
-        except Exception:  # a page without examples still classifies; the reason goes to the log
-            log.exception("no examples")
+        except Exception as exc:  # a page without examples still classifies; the reason goes to the log
+            log.warning("no examples: %s", first_line(exc))
         finally:
             self._done.set()
 
-    def wait(self, timeout: float | None = None) -> dict[str, list[Path]]:
-        """The examples of each served folder, by its name (empty lists if not there in ``timeout``)."""
-        self._done.wait(timeout)
-        return self._found if self._done.is_set() else {}
+    def wait(self, timeout: float | None = None) -> dict[str, list[Path]] | None:
+        """The examples of each served folder, by its name; None if still being found after ``timeout``."""
+        return self._found if self._done.wait(timeout) else None
 
     def paths(self, folder: str) -> list[Path]:
         """One folder's examples, once found (empty until then)."""

@@ -256,6 +256,7 @@ def test_the_page_is_served_before_the_examples_are_found(shared_data, tmp_path,
     end); the server answers meanwhile, and each page load gets the examples once they are there."""
     import threading
 
+    import demo.app
     import demo.examples
     from demo.app import Demo, example_filler, load_models
     from demo.uploads import UploadPolicy
@@ -281,10 +282,15 @@ def test_the_page_is_served_before_the_examples_are_found(shared_data, tmp_path,
     release.clear()
     served = [MODELS / "fashion_mnist", MODELS / "cifar10"]
     loader = demo.examples.ExampleLoader(served, shared_data).start()
-    assert loader.wait(0) == {} and loader.paths("cifar10") == []
+    assert loader.wait(0) is None and loader.paths("cifar10") == []
     page = Demo(load_models(served), UploadPolicy.for_gradio(10 << 20))
+    fill = example_filler(page, loader, ["fashion_mnist", "cifar10"])
+    monkeypatch.setattr(demo.app, "EXAMPLES_WAIT_S", 0.1)  # a page loaded before they are found
+    note, *galleries = fill()
+    assert note == demo.app.EXAMPLES_LATE and not any(gallery.visible for gallery in galleries)
+    monkeypatch.setattr(demo.app, "EXAMPLES_WAIT_S", 120.0)
     release.set()
-    note, fashion, cifar = example_filler(page, loader, ["fashion_mnist", "cifar10"])()
+    note, fashion, cifar = fill()
     assert "first image of each class" in note
     assert fashion.visible and cifar.visible and len(cifar.value) == 10
     assert all(str(path.parent) in folders for path in loader.paths("cifar10"))  # allowed at start
