@@ -42,6 +42,11 @@ class BenchConfig:
     busy: bool = True  # batch 1 measured again while other processes keep all cores but one busy
     seed: int = 0
 
+    @property
+    def neighbours(self) -> int:
+        """Busy processes beside the batch-1 remeasure (0: no remeasure)."""
+        return neighbours_for(all_cores()) if self.busy else 0
+
     @classmethod
     def quick(cls, batch_sizes: list[int] | None = None, threads: list[int] | None = None) -> BenchConfig:
         """A smoke run of every code path in well under a minute per dataset."""
@@ -67,7 +72,7 @@ def run_worker(contender: Contender, path: Path, threads: int, config: BenchConf
         "budget_s": config.budget_s,
         "warmup": config.warmup,
         "min_iterations": config.min_iterations,
-        "neighbours": neighbours_for(all_cores()) if config.busy else 0,
+        "neighbours": config.neighbours,
         "seed": config.seed,
     }
     argv = [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
@@ -132,7 +137,7 @@ def benchmark(folder: Path, config: BenchConfig, test_images=None) -> dict:
         "models": models,
         "cells": cells,
         "busy": busy,
-        "neighbours": neighbours_for(all_cores()) if config.busy else 0,
+        "neighbours": config.neighbours,
         "cold_start": cold_figures,
         "folder": folder_figures,
         "skipped": skipped,

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import os
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,6 +19,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.demo_start import free_port  # noqa: E402
 from demo.__main__ import create, launch, parse_args  # noqa: E402
 from demo.examples import example_label, find_examples  # noqa: E402
 from demo.screenshot import CHROMIUM, capture  # noqa: E402
@@ -27,12 +27,6 @@ from runtime.classifier import Classifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
