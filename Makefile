@@ -47,8 +47,12 @@ browser: ## install Debian's chromium for the browser test (once)
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || \
 		echo "warning: could not install chromium; the browser test will be skipped"
 
+# Two pytest workers, a test file each at a time: much of the suite is single-threaded Python (Keras
+# tracing, the converters), so two share a 2-core machine well (TEST_WORKERS=0: one process).
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.stamp-train,demo,dev,docs browser ## run the test suite (the docs site's strict build included)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 docs: $(VENV)/.stamp-docs ## build the documentation site strictly into runs/site (docs/, mkdocs.yml)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

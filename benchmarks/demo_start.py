@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,18 +19,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from runtime.environment import library_versions, machine_info
+from runtime.environment import free_port, library_versions, machine_info
 from runtime.files import atomic_write
 from train.datasets import CACHE_DIR_ENV
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "reports"
 GOAL_S = 5.0  # the demo's first answer, from an empty cache
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_page(url: str, process: subprocess.Popen, timeout_s: float) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -56,3 +57,10 @@ def machine_info() -> dict[str, object]:
         "os": platform.platform(),
         "machine": platform.machine(),
     }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a local server or job to take)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -155,15 +155,20 @@ def deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def fit_user_model(model, folder: Path, epochs: int):
-    """Train a user's model the way a user would: Keras fit on the decoded folder, raw 0..255 pixels."""
+def fit_user_model(model, folder: Path, epochs: int, run_eagerly: bool = False):
+    """Train a user's model the way a user would: Keras fit on the decoded folder, raw 0..255 pixels.
+
+    ``run_eagerly`` skips tracing the training step, which for a keras.applications network takes
+    longer (about 40 s here) than a few eager steps."""
     import keras
 
     from train.datasets import load_image_folder
 
     data = load_image_folder(folder)
     deterministic(0)
-    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"], run_eagerly=run_eagerly
+    )
     model.fit(data.x_train.astype("float32"), data.y_train, epochs=epochs, batch_size=32, verbose=0)
     return data
 

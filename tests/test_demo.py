@@ -19,11 +19,11 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.demo_start import free_port  # noqa: E402
 from demo.__main__ import create, launch, parse_args  # noqa: E402
 from demo.examples import example_label, find_examples  # noqa: E402
 from demo.screenshot import CHROMIUM, capture  # noqa: E402
 from runtime.classifier import Classifier  # noqa: E402
+from runtime.environment import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

@@ -29,7 +29,9 @@ def test_the_site_builds_strictly(tmp_path):
     assert 'id="runtime.classifier.Classifier.predict"' in api  # the reference is read from the code
     assert 'id="export.formats.base.Format.build"' in api
     assert 'id="train.api.train_model"' in api
-    assert "export_model(" in (tmp_path / "examples" / "notebook" / "index.html").read_text()  # the notebook page
+    notebook = (tmp_path / "examples" / "notebook" / "index.html").read_text()
+    assert "export_model(" in notebook  # the notebook page, shown executed: its curves and status table
+    assert "data:image/png;base64" in notebook and "model_int8.onnx" in notebook and "Ankle boot" in notebook
     assert (tmp_path / "models" / "cifar10" / "curves.png").is_file()  # shipped figures, not copies
 
 

@@ -59,6 +59,17 @@ def test_onnx_matches_keras_within_the_gate(fp32_model, int8_model, trained_mode
     assert np.mean(int8.argmax(1) == expected.argmax(1)) >= 0.99
 
 
+def test_the_default_threads_use_every_core_and_sleep_between_operators(clf, int8_model, fashion):
+    def settings(classifier):
+        options = classifier.session.get_session_options()
+        return options.intra_op_num_threads, options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert settings(clf) == (0, "0")  # 0: ONNX Runtime's one thread per core
+    spinning = Classifier(int8_model, threads=1, spinning=True)
+    assert settings(spinning) == (1, "1")
+    np.testing.assert_array_equal(spinning.predict(fashion.x_test[:64]), clf.predict(fashion.x_test[:64]))
+
+
 def test_concurrent_predictions_equal_serial_ones(clf, fashion):
     batches = [fashion.x_test[i * 37 : (i + 1) * 37] for i in range(16)]
     serial = [clf.predict(b) for b in batches]

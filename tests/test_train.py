@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,9 +16,8 @@ import pytest
 
 from tests.conftest import write_idx_dataset
 from train.__main__ import main
-from train.batches import Batches
-from train.datasets import load_dataset, subset
-from train.fit import DATASET_CHANGES, evaluate
+from train.datasets import subset
+from train.fit import DATASET_CHANGES
 from train.models import ARCHITECTURES, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,38 +202,6 @@ def test_training_is_deterministic_given_a_seed(tmp_path, small_data_dir):
         )
         histories.append(json.loads((tmp_path / run / "fashion_mnist" / "history.json").read_text()))
     assert histories[0] == histories[1]
-
-
-# `python -m train` with TensorFlow made unimportable: the JAX backend must not need it.
-TRAIN_WITHOUT_TENSORFLOW = (
-    "import runpy, sys; sys.modules['tensorflow'] = None; sys.argv[0] = 'train'; "
-    "runpy.run_module('train', run_name='__main__', alter_sys=True)"
-)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install jax)")
-def test_jax_backend_trains_without_tensorflow_and_tensorflow_reads_the_model(tmp_path, small_data_dir):
-    args = ["--dataset", "fashion_mnist", "--arch", "baseline", "--quick", "--epochs", "1", "--seed", "3"]
-    args += ["--out", str(tmp_path), "--data-dir", str(small_data_dir)]
-    result = subprocess.run(
-        [sys.executable, "-c", TRAIN_WITHOUT_TENSORFLOW, *args],
-        env={**os.environ, "KERAS_BACKEND": "jax"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "fashion_mnist" / "metrics.json").read_text())
-    assert metrics["backend"] == "jax" and "jax" in metrics["versions"] and "tensorflow" not in metrics["versions"]
-
-    # This process runs Keras on TensorFlow: the JAX-trained file loads and scores the same test images alike.
-    assert keras.backend.backend() == "tensorflow"
-    model = keras.models.load_model(tmp_path / "fashion_mnist" / "model.keras")
-    quick = subset(load_dataset("fashion_mnist", small_data_dir), 2000, 500, 3)
-    accuracy, _ = evaluate(model, Batches(quick.x_test, quick.y_test, quick.num_classes, 128))
-    assert abs(accuracy - metrics["test_accuracy"]) <= 1 / 500, "at most one image may flip on float round-off"
-    assert accuracy > 0.5
 
 
 def test_missing_data_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):

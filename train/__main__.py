@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from runtime.artifacts import default_models_dir
-from runtime.cli import EXIT_OK, run_command
+from runtime.cli import EXIT_OK, fail, run_command
+from train.distributed import Processes, connect, shut_down
 from train.errors import TrainError  # noqa: E402
+from train.launch import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, run_local_job
 from train.quiet_tensorflow import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
@@ -62,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: $EDGEPACK_MODELS_DIR or models/, or runs/quick/ with --quick)",
     )
     parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR, then the Keras cache)")
+    add_process_options(parser)
     args = parser.parse_args(argv)
+    check_process_options(parser, args)
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
@@ -72,6 +77,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out_given = args.out is not None
     args.out = args.out or (QUICK_OUT if args.quick else default_models_dir())
     return args
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        sys.exit(fail(f"${name}: expected a whole number, got {value!r}"))
+
+
+def add_process_options(parser: argparse.ArgumentParser) -> None:
+    """The flags of a data-parallel job over several processes; each defaults to an environment
+    variable, so that a cluster launcher can set them per process."""
+    group = parser.add_argument_group(
+        "several processes (data parallelism on the JAX backend: KERAS_BACKEND=jax)",
+        "Every process runs this same command; each feeds its share of every global batch and process 0 "
+        "writes the outputs. The output folder must be one all processes see (for --resume).",
+    )
+    group.add_argument(
+        "--num-processes",
+        type=int,
+        default=_env_int(ENV_NUM_PROCESSES, 1),
+        help=f"processes in the job (default: ${ENV_NUM_PROCESSES} or 1)",
+    )
+    group.add_argument(
+        "--process-id",
+        type=int,
+        default=_env_int(ENV_PROCESS_ID, 0),
+        help=f"this process's number, 0 to N-1; 0 writes the outputs (default: ${ENV_PROCESS_ID} or 0)",
+    )
+    group.add_argument(
+        "--coordinator",
+        default=os.environ.get(ENV_COORDINATOR),
+        metavar="HOST:PORT",
+        help=f"address of process 0, where the others join (default: ${ENV_COORDINATOR})",
+    )
+    group.add_argument(
+        "--local-processes",
+        type=int,
+        metavar="N",
+        help="start all N processes of a job on this machine, on the JAX backend (a try-out: on a few cores "
+        "they train no faster than one)",
+    )
+
+
+def check_process_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.local_processes is not None and (args.local_processes < 1 or args.num_processes != 1):
+        parser.error("--local-processes takes a number of at least 1, and no --num-processes")
+    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+        parser.error("--num-processes must be at least 1 and --process-id between 0 and --num-processes - 1")
+    if args.num_processes > 1 and not args.coordinator:
+        parser.error("a job of several processes needs --coordinator HOST:PORT (process 0's address)")
 
 
 def check_user_dataset_output(requested: str, name: str, folder: Path, out_given: bool) -> None:
@@ -85,7 +142,7 @@ def check_user_dataset_output(requested: str, name: str, folder: Path, out_given
     )
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, processes: Processes) -> None:
     from train.api import train_dataset
 
     names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
@@ -103,19 +160,29 @@ def run(args: argparse.Namespace) -> None:
             val_fraction=args.val_fraction,
             quick=args.quick,
             resume=args.resume,
+            processes=processes,
         )
-        print(f"{dataset.name}: {args.arch} test accuracy {100 * report.metrics['test_accuracy']:.2f}% -> {out}")
+        if report is not None:
+            print(f"{dataset.name}: {args.arch} test accuracy {100 * report.metrics['test_accuracy']:.2f}% -> {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    interrupted = "interrupted: continue with --resume"
+    if args.local_processes:
+        return run_command(lambda: run_local_job(argv, args.local_processes), (TrainError,), interrupted)
+    processes = Processes(args.num_processes, args.process_id, args.coordinator)
 
     def body() -> int:
-        run(args)
+        connect(processes)
+        run(args, processes)
         return EXIT_OK
 
-    return run_command(body, (TrainError,), "interrupted: continue with --resume")  # a DataError is a TrainError
+    code = run_command(body, (TrainError,), interrupted)  # a DataError is a TrainError
+    shut_down(processes, code)
+    return code
 
 
 if __name__ == "__main__":

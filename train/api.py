@@ -23,6 +23,7 @@ from pathlib import Path
 
 from runtime.files import ensure_writable
 from train.datasets import Dataset, dataset_from_arrays, load_dataset
+from train.distributed import ONE_PROCESS, Processes
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -96,19 +97,24 @@ def train_dataset(
     val_fraction: float | None = None,
     quick: bool = False,
     resume: bool = False,
-) -> TrainReport:
+    processes: Processes = ONE_PROCESS,
+) -> TrainReport | None:
     """Train ``arch`` on ``dataset`` into ``out``: the model, its metrics and history, and the
-    sample and curve pictures."""
+    sample and curve pictures. In a job of several ``processes``, the chief (process 0) writes them
+    and returns the report; the others train beside it and return None."""
     from train.fit import TrainConfig, train
     from train.models import ARCHITECTURES
     from train.plots import plot_curves, plot_samples
 
     if arch not in ARCHITECTURES:
         raise TrainError(f"unknown architecture {arch!r}; choose from {', '.join(sorted(ARCHITECTURES))}")
-    check_output(out, quick)
-    plot_samples(dataset.x_train, dataset.y_train, dataset.labels, out / "samples.png")
-    config = TrainConfig(dataset, arch, out, epochs, batch_size, seed, val_fraction, quick, resume)
+    if processes.chief:
+        check_output(out, quick)
+        plot_samples(dataset.x_train, dataset.y_train, dataset.labels, out / "samples.png")
+    config = TrainConfig(dataset, arch, out, epochs, batch_size, seed, val_fraction, quick, resume, processes=processes)
     metrics = train(config)
+    if not processes.chief:
+        return None
     history = json.loads((out / "history.json").read_text())
     title = f"{dataset.name} / {arch}: test accuracy {100 * metrics['test_accuracy']:.2f}%"
     plot_curves(history, title, out / "curves.png")

@@ -72,6 +72,11 @@ class Batches(keras.utils.PyDataset):
 
     With alternating flips, each image is mirrored in every other epoch, starting from a seeded
     coin toss per image: over two epochs the network sees both sides of every image.
+
+    In a job of several processes (``shard=(index, count)``) every process makes the same global
+    batch and returns its own rows of it, so the job trains on what one process would. An evaluation
+    batch that does not split evenly is padded with zero-weight copies of its last image, and
+    evaluation batches then carry sample weights (zero for the padding, one otherwise).
     """
 
     def __init__(
@@ -86,12 +91,14 @@ class Batches(keras.utils.PyDataset):
         seed: int = 0,
         workers: int = 1,
         first_epoch: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=False)
         self.x, self.y = x, y
         self.num_classes, self.batch_size = num_classes, batch_size
         self.training, self.augment, self.seed = training, augment, seed
         self.epoch = first_epoch
+        self.shard = shard
         self.order = self._order()
         self.first_flips = np.random.default_rng([seed, 1 << 20]).random(len(x)) < 0.5
 
@@ -111,7 +118,19 @@ class Batches(keras.utils.PyDataset):
         if self.training:
             flips = self.first_flips[chosen] ^ bool(self.epoch % 2) if self.augment.alternate_flip else None
             images = self.augment(images, np.random.default_rng([self.seed, self.epoch, index]), flips)
-        return images, np.eye(self.num_classes, dtype=np.float32)[self.y[chosen]]
+        targets = np.eye(self.num_classes, dtype=np.float32)[self.y[chosen]]
+        return (images, targets) if self.shard[1] == 1 else self._rows_of_this_process(images, targets)
+
+    def _rows_of_this_process(self, images: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, ...]:
+        index, count = self.shard
+        rows = -(-len(images) // count)
+        pad = rows * count - len(images)
+        weights = np.repeat(np.float32([1.0, 0.0]), [len(images), pad])
+        if pad:
+            images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
+            targets = np.concatenate([targets, np.repeat(targets[-1:], pad, axis=0)])
+        mine = slice(index * rows, (index + 1) * rows)
+        return (images[mine], targets[mine]) if self.training else (images[mine], targets[mine], weights[mine])
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

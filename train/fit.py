@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +29,7 @@ from runtime.files import atomic_path, atomic_write
 from runtime.text import first_line
 from train.batches import Augment, Batches
 from train.datasets import Dataset, subset, train_val_split
+from train.distributed import ONE_PROCESS, Processes, agree_on_weights, data_parallel, lost_contact
 from train.errors import DataError
 from train.initialization import init_airbench
 from train.models import WHITEN_LAYER, build_model, saved_layout
@@ -135,6 +137,7 @@ class TrainConfig:
     quick: bool = False
     resume: bool = False
     recipe_override: Recipe | None = None  # the ablation's variants
+    processes: Processes = ONE_PROCESS  # this process's place in a data-parallel job
 
     @property
     def recipe(self) -> Recipe:
@@ -279,17 +282,26 @@ def _build(arch: str, data: Dataset, classes: int) -> keras.Model:
 
 
 def train(config: TrainConfig) -> dict:
-    """Train, select the best epoch on validation, evaluate on test, and write the outputs."""
+    """Train, select the best epoch on validation, evaluate on test, and write the outputs.
+
+    In a job of several processes every process trains; only the chief (process 0) evaluates and
+    writes, and the others return just the digest of the weights they agreed on."""
     _make_deterministic(config.seed)
     scope, device, mixed = select_device()
+    processes = config.processes
     log.info(
-        "training %s on %s with %s%s", config.arch, config.dataset.name, device, " (mixed precision)" if mixed else ""
+        "training %s on %s with %s%s%s",
+        config.arch,
+        config.dataset.name,
+        device,
+        " (mixed precision)" if mixed else "",
+        f", {processes}" if processes.many else "",
     )
     data, (x_train, y_train), (x_val, y_val) = _splits(config)
     recipe, k = config.recipe, data.num_classes
     epochs = config.epochs or (2 if config.quick else recipe.epochs)
     state = _checkpoints(config)
-    workers = min(4, os.cpu_count() or 1)
+    workers, shard = min(4, os.cpu_count() or 1), (processes.index, processes.count)
     train_ds = Batches(
         x_train,
         y_train,
@@ -300,22 +312,22 @@ def train(config: TrainConfig) -> dict:
         seed=config.seed,
         workers=workers,
         first_epoch=state.first_epoch,
+        shard=shard,
     )
-    val_ds = Batches(x_val, y_val, k, recipe.batch_size, workers=workers) if len(x_val) else None
-    with scope:
-        model = _compiled_model(config, data, x_train, len(train_ds), epochs)
-    started = time.perf_counter()
-    # shuffle=False: Batches orders each epoch itself from (seed, epoch); Keras would otherwise also
-    # reorder the batches with Python's global random state, which no checkpoint restores.
-    model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=epochs,
-        callbacks=_callbacks(config, state, validating=val_ds is not None),
-        shuffle=False,
-        verbose=1 if os.isatty(2) else 2,
-    )
-    wall = time.perf_counter() - started
+    val_ds = Batches(x_val, y_val, k, recipe.batch_size, workers=workers, shard=shard) if len(x_val) else None
+    try:
+        with data_parallel(processes):
+            with scope:
+                model = _compiled_model(config, data, x_train, len(train_ds), epochs)
+            started = time.perf_counter()
+            _fit(model, train_ds, val_ds, epochs, _callbacks(config, state, validating=val_ds is not None), processes)
+            wall = time.perf_counter() - started
+            digest = agree_on_weights(processes, model.get_weights())
+    finally:
+        if not processes.chief:
+            shutil.rmtree(state.folder.parent, ignore_errors=True)
+    if not processes.chief:
+        return {"weights_sha256": digest}
 
     final = _float32_copy(config.arch, state.best if val_ds is not None and state.best.exists() else model)
     test_acc, test_loss = evaluate(final, Batches(data.x_test, data.y_test, k, recipe.batch_size))
@@ -338,6 +350,8 @@ def train(config: TrainConfig) -> dict:
         "wall_time_s": round(wall, 1),
         "device": device,
         "mixed_precision": mixed,
+        "processes": processes.count,
+        "weights_sha256": digest,
         "backend": keras.backend.backend(),
         "versions": library_versions((keras.backend.backend(), "keras", "numpy")),
         "labels": list(data.labels),
@@ -355,6 +369,26 @@ def train(config: TrainConfig) -> dict:
     return metrics
 
 
+def _fit(
+    model: keras.Model,
+    train_ds: Batches,
+    val_ds: Batches | None,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+    processes: Processes,
+) -> None:
+    """``model.fit``; in a job, a collective that fails (another process died) is one clear error."""
+    # shuffle=False: Batches orders each epoch itself from (seed, epoch); Keras would otherwise also
+    # reorder the batches with Python's global random state, which no checkpoint restores.
+    verbose = (1 if os.isatty(2) else 2) if processes.chief else 0
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=verbose)
+    except (RuntimeError, ValueError) as exc:
+        if not processes.many:
+            raise
+        raise lost_contact(processes, exc) from None
+
+
 def _splits(config: TrainConfig) -> tuple[Dataset, tuple, tuple]:
     """The data (a small subset with ``--quick``) and its training and validation splits; a
     training split too small for one batch is one clear error."""
@@ -365,6 +399,11 @@ def _splits(config: TrainConfig) -> tuple[Dataset, tuple, tuple]:
         raise DataError(
             f"{data.name}: {len(train_split[0])} training images (after the validation hold-out) do not fill one "
             f"batch of {recipe.batch_size}; use a smaller --batch-size"
+        )
+    if recipe.batch_size % config.processes.count:
+        raise DataError(
+            f"the global batch of {recipe.batch_size} does not split evenly over {config.processes.count} processes; "
+            "choose a --batch-size that is a multiple of --num-processes"
         )
     return data, train_split, val_split
 
@@ -391,9 +430,18 @@ class Checkpoints:
 
 
 def _checkpoints(config: TrainConfig) -> Checkpoints:
-    """The checkpoint folder, emptied unless this run resumes the last one."""
+    """The checkpoint folder, emptied unless this run resumes the last one.
+
+    The other processes of a job keep theirs in a scratch folder (a copy of the chief's when
+    resuming): they run the very callbacks the chief runs, since a callback that reads the model in
+    one process only would desynchronize the job's collectives, but never write beside the chief."""
     folder = config.out_dir / "checkpoints"
-    if not config.resume and folder.exists():
+    if not config.processes.chief:
+        scratch = Path(tempfile.mkdtemp(prefix="edgepack-process-")) / "checkpoints"
+        if config.resume and folder.is_dir():
+            shutil.copytree(folder, scratch)
+        folder = scratch
+    elif not config.resume and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     best_so_far = max(_read_log(folder / "epochs.csv").get("val_accuracy", [None]) or [None], default=None)
