@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["EDGEPACK_OFFLINE"] = "1"  # tests never download
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once per test run.
+
+    Under pytest-xdist (``make test`` runs two workers) each worker has its own session fixtures:
+    training the same model in both at once would cost the two cores twice. The first worker to
+    ask builds it under a file lock in the run's shared temporary folder; the others wait and reuse it.
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    folder = root / name
+    with FileLock(f"{folder}.lock"):
+        if not (root / f"{name}.built").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            (root / f"{name}.built").touch()
+    return folder
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -66,39 +89,23 @@ def small_data_dir(tmp_path_factory, fashion) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_models(tmp_path_factory, small_data_dir) -> Path:
-    """models/fashion_mnist/model.keras: the baseline CNN trained for 8 epochs by `python -m train`."""
-    from train.__main__ import main
+    """models/fashion_mnist/: the baseline CNN trained for 8 epochs by `python -m train`, then
+    exported to every default artifact by `python -m export` (in one step, so that no test, in
+    either pytest worker, ever sees the folder halfway through its export)."""
+    from export.__main__ import main as export
+    from train.__main__ import main as train
 
-    out = tmp_path_factory.mktemp("models")
-    assert (
-        main(
-            [
-                "--dataset",
-                "fashion_mnist",
-                "--arch",
-                "baseline",
-                "--epochs",
-                "8",
-                "--out",
-                str(out),
-                "--data-dir",
-                str(small_data_dir),
-            ]
-        )
-        == 0
-    )
-    return out
+    def build(out: Path) -> None:
+        data = ["--dataset", "fashion_mnist", "--data-dir", str(small_data_dir)]
+        assert train([*data, "--arch", "baseline", "--epochs", "8", "--out", str(out)]) == 0
+        assert export([*data, "--models-dir", str(out)]) == 0
+
+    return built_once(tmp_path_factory, "models", build)
 
 
 @pytest.fixture(scope="session")
-def exported_models(trained_models, small_data_dir) -> Path:
-    """The trained model exported to every default artifact by `python -m export`."""
-    from export.__main__ import main
-
-    assert (
-        main(["--dataset", "fashion_mnist", "--models-dir", str(trained_models), "--data-dir", str(small_data_dir)])
-        == 0
-    )
+def exported_models(trained_models) -> Path:
+    """The trained model's release folder, with every default artifact."""
     return trained_models
 
 
@@ -193,10 +200,12 @@ def mobilenet_model(tmp_path_factory, pattern_folder) -> Path:
     model = keras.Model(inputs, keras.layers.Dense(len(PATTERN_CLASSES), activation="softmax")(x))
     # 25 epochs: 99.8% on the test patterns, so both int8 artifacts pass plainly with a wide margin
     # (drop bound 0.15 / 0.05 pp); at 15 epochs (98.8%, overfit) near-ties decided the gate
-    fit_user_model(model, pattern_folder, epochs=25)
-    path = tmp_path_factory.mktemp("user") / "mobilenet.keras"
-    model.save(path)
-    return path
+
+    def fit(folder: Path) -> None:
+        fit_user_model(model, pattern_folder, epochs=25)
+        model.save(folder / "mobilenet.keras")
+
+    return built_once(tmp_path_factory, "mobilenet", fit) / "mobilenet.keras"
 
 
 @pytest.fixture(scope="session")
@@ -229,9 +238,11 @@ def nested_model(tmp_path_factory, pattern_folder) -> Path:
 
     data = load_image_folder(pattern_folder)
     sized = to_pixels(data.x_train, ModelInfo(labels=PATTERN_CLASSES, height=40, width=40, channels=3))
-    deterministic(0)
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(sized.astype("float32"), data.y_train, epochs=10, batch_size=32, verbose=0)
-    path = tmp_path_factory.mktemp("user") / "nested.keras"
-    model.save(path)
-    return path
+
+    def fit(folder: Path) -> None:
+        deterministic(0)
+        model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(sized.astype("float32"), data.y_train, epochs=10, batch_size=32, verbose=0)
+        model.save(folder / "nested.keras")
+
+    return built_once(tmp_path_factory, "nested", fit) / "nested.keras"
