@@ -9,10 +9,15 @@ The loop NNCF's ``quantize_with_accuracy_control`` runs, for both formats and un
 2. **Calibration choices**, cheapest first: other methods (percentile, entropy), symmetric
    activations, a larger calibration sample.
 3. **Cross-layer equalization** (``export.equalize``), alone and with the best calibration.
-4. **Float fallback**: keep the quantizer groups (a tensor's producer and consumers) with the
-   worst error in float, one at a time, re-measuring after each; a group that does not help is
-   put back. Stops when the gate would pass, at ``max_float_ops`` ops or ``max_size_share``
-   of the fp32 file, or after ``patience`` groups in a row that brought it no closer.
+4. **16-bit activations** on the best candidate so far: int8 weights, int16 activations (the
+   16x8 scheme, see ``export.quantize``). The cure when the loss is spread over every activation
+   (squeeze-excite and hard-swish networks), where no handful of float ops helps: the file stays
+   small and integer-only, at a speed cost on runtimes without 16-bit kernels that the report shows.
+5. **Float fallback** (on the best 8-bit candidate): keep the quantizer groups (a tensor's
+   producer and consumers) with the worst error in float, one at a time, re-measuring after
+   each; a group that does not help is put back. Stops when the gate would pass, at
+   ``max_float_ops`` ops or ``max_size_share`` of the fp32 file, or after ``patience`` groups in
+   a row that brought it no closer.
 
 Each artifact has a time budget (``budget_s``, ``--control-budget``): once it is spent, no
 further remedy starts, the best candidate so far is kept, and the report says so. A weak model
@@ -49,7 +54,7 @@ from runtime.text import one_line
 log = logging.getLogger(__name__)
 
 
-REMEDIES = ("calibration", "equalization", "fallback")
+REMEDIES = ("calibration", "equalization", "activations", "fallback")
 
 
 class SampleSettings(Protocol):
@@ -265,8 +270,14 @@ def _search(
             combined = trial(f"cross-layer equalization + {base.remedy}", replace(base.recipe, equalize=True))
             tried += [combined] if combined else []
         chosen = next((t for t in tried if t.passes), None)
-    if chosen is None and "fallback" in remedies:
+    if chosen is None and "activations" in remedies:
         base = _best(tried)
+        prefix = "" if base is tried[0] else f"{base.remedy} + "
+        wide = trial(f"{prefix}16-bit activations", replace(base.recipe, activation_bits=16))
+        tried += [wide] if wide else []
+        chosen = wide if wide and wide.passes else None
+    if chosen is None and "fallback" in remedies:
+        base = _best([t for t in tried if t.recipe.activation_bits == 8])  # the 16x8 quantizer keeps no op float
         if base.recipe.equalize != plain.equalize:  # another graph, whose ops have other names
             worst = _worst_of(builder, name, base.recipe)
         chosen = _fallback(trial, base, worst, settings, size_limit, tried)

@@ -1,7 +1,7 @@
 """Post-training int8 quantization of both formats, with the knobs accuracy control turns.
 
 An :class:`Int8Recipe` says how: the calibration method and sample size, symmetric activations,
-cross-layer equalization first, and which ops stay in float. Calibration is the slow part, so it
+cross-layer equalization first, 16-bit activations, and which ops stay in float. Calibration is the slow part, so it
 runs once per (model, sample, method) and is reused when only the float ops change:
 
 * ONNX: ONNX Runtime static QDQ quantization (per-channel int8 weights on a 7-bit range, uint8
@@ -20,6 +20,17 @@ runs once per (model, sample, method) and is reused when only the float ops chan
   quantization debugger does) and ``mlir_quantize`` quantizes with uint8 input and output;
   float ops are ``denylisted_nodes`` (output tensor names). The TFLite calibrator only knows
   min/max, so method and symmetry apply to ONNX alone.
+
+16-bit activations (int8 weights, int16 activations: TFLite's "16x8" scheme, ONNX Runtime's
+uint16 QDQ) are the remedy for networks whose loss is spread over every activation rather than
+concentrated in a few tensors, as in squeeze-excite and hard-swish networks trained briefly: one
+per-tensor 8-bit scale cannot serve channels whose ranges differ by orders of magnitude, and 256
+times finer steps can. Weights stay int8 (the file stays small) and the model stays
+integer-only where kernels exist: LiteRT has 16x8 kernels for most ops (the converter keeps the
+others, e.g. HARD_SWISH, in float between quantize and dequantize ops); ONNX Runtime's CPU
+provider has no 16-bit kernels and runs such a graph through its float kernels, several times
+slower than int8 and than fp32 (measured per artifact in the report). ONNX Runtime writes 16-bit
+QuantizeLinear at opset 21, so such an ONNX file has opset 21 whatever ``--opset`` said.
 """
 
 from __future__ import annotations
@@ -63,13 +74,14 @@ class Int8Recipe:
     symmetric: bool = False  # symmetric activation ranges (ONNX)
     samples: int | None = None  # calibration images; None: the export's --calibration-samples
     equalize: bool = False  # cross-layer equalization before quantizing
+    activation_bits: int = 8  # 16: int16 activations (the 16x8 scheme)
     float_ops: tuple[str, ...] = field(default=())  # ops kept in float (format-specific names)
 
     def describe(self) -> dict:
         """What differs from plain PTQ, for the manifest and the metadata."""
         plain = Int8Recipe(method=self.method)
         found = {"method": self.method}
-        for name in ("symmetric", "samples", "equalize", "float_ops"):
+        for name in ("symmetric", "samples", "equalize", "activation_bits", "float_ops"):
             if getattr(self, name) != getattr(plain, name):
                 value = getattr(self, name)
                 found[name] = list(value) if isinstance(value, tuple) else value
@@ -138,7 +150,7 @@ class OnnxQuantizer:
             PixelReader(calibration, info),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QUInt16 if recipe.activation_bits == 16 else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             reduce_range=REDUCE_RANGE,
             calibrate_method=CALIBRATION_METHODS[recipe.method],
@@ -171,6 +183,24 @@ def calibrated_tflite(model: keras.Model, calibration: np.ndarray, info: ModelIn
     converter.representative_dataset = representative(calibration, info)
     converter._experimental_calibrate_only = True  # noqa: SLF001 (the quantization debugger's own route)
     with contextlib.redirect_stdout(io.StringIO()), native_notices_filtered():  # Keras prints its signature
+        return converter.convert()
+
+
+def tflite_16x8(model: keras.Model, calibration: np.ndarray, info: ModelInfo) -> bytes:
+    """TFLite with int8 weights and int16 activations, input and output (the "16x8" scheme); ops
+    without 16x8 kernels stay float. The 16x8 quantizer calibrates by itself (it cannot take the
+    calibrated model :func:`tflite_int8` shares) and has no list of float ops."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative(calibration, info)
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+        tf.lite.OpsSet.TFLITE_BUILTINS,  # ops without 16x8 kernels (HARD_SWISH) stay float
+    ]
+    converter.inference_input_type = converter.inference_output_type = tf.int16
+    with contextlib.redirect_stdout(io.StringIO()), native_notices_filtered():
         return converter.convert()
 
 

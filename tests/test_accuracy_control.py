@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -23,13 +24,12 @@ def sqnr(error: dict) -> float:
     return float("inf") if error["sqnr_db"] is None else error["sqnr_db"]
 
 
-@pytest.fixture(scope="module")
-def outlier_model(trained_models, tmp_path_factory):
-    """The session's small Fashion-MNIST CNN with one channel scaled by 1000 (same float function)."""
+def outlier_copy(trained_models, tmp_path_factory, factor: int) -> Path:
+    """The session's small Fashion-MNIST CNN with one channel scaled by ``factor`` (same float function)."""
     source = trained_models / "fashion_mnist" / "model.keras"
-    path = tmp_path_factory.mktemp("outlier") / "outlier.keras"
+    path = tmp_path_factory.mktemp("outlier") / f"outlier-{factor}.keras"
     result = subprocess.run(
-        [sys.executable, "-m", "export.outlier_copy", str(source), str(path)],
+        [sys.executable, "-m", "export.outlier_copy", str(source), str(path), "--factor", str(factor)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -38,6 +38,12 @@ def outlier_model(trained_models, tmp_path_factory):
     assert result.returncode == 0, result.stderr
     assert "float outputs changed by at most" in result.stdout
     return path
+
+
+@pytest.fixture(scope="module")
+def outlier_model(trained_models, tmp_path_factory) -> Path:
+    """One channel 1000 times larger: no 8-bit or 16-bit per-tensor scale serves its neighbours."""
+    return outlier_copy(trained_models, tmp_path_factory, 1000)
 
 
 def export_outlier(model, data_dir, out, *extra) -> dict:
@@ -87,7 +93,21 @@ def test_plain_int8_fails_on_the_outlier_channel(outlier_model, small_data_dir, 
             assert all(e["op"] in ("Conv", "CONV_2D", "MaxPool", "MAX_POOL_2D", "Relu") for e in bad)  # real op kinds
 
 
-@pytest.mark.parametrize("remedies", ["calibration,equalization,fallback", "fallback"])
+def activation_types(path) -> set[np.dtype]:
+    """The integer types an artifact's activations are quantized to (its input's, for TFLite)."""
+    if path.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(path).graph
+        constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+        return {constants[n.input[2]].dtype for n in graph.node if n.op_type == "QuantizeLinear"}
+    from ai_edge_litert.interpreter import Interpreter
+
+    return {np.dtype(Interpreter(model_path=str(path)).get_input_details()[0]["dtype"])}
+
+
+@pytest.mark.parametrize("remedies", ["calibration,equalization,activations,fallback", "fallback"])
 def test_accuracy_control_repairs_both_formats(outlier_model, small_data_dir, tmp_path, remedies):
     out = tmp_path / remedies.replace(",", "-")
     run = export_outlier(outlier_model, small_data_dir, out, "--remedies", remedies)
@@ -105,6 +125,25 @@ def test_accuracy_control_repairs_both_formats(outlier_model, small_data_dir, tm
     report = (out / "parity.md").read_text()
     assert "## Accuracy control: `model_int8.onnx`" in report and "## Per-layer quantization error" in report
     assert (out / "quantization_error.png").stat().st_size > 0
+
+
+def test_16_bit_activations_repair_a_moderate_outlier_and_stay_integer(
+    trained_models, small_data_dir, tmp_path_factory
+):
+    """A channel 100 times larger rounds its neighbours to nothing on 256 steps, not on 65,536: the
+    16x8 remedy alone repairs both formats, keeps every op quantized and the weights int8."""
+    model = outlier_copy(trained_models, tmp_path_factory, 100)
+    out = tmp_path_factory.mktemp("activations") / "out"
+    run = export_outlier(model, small_data_dir, out, "--remedies", "activations")
+    assert run["code"] == 0
+    for fmt, path in (("onnx", "model_int8.onnx"), ("tflite", "model_int8.tflite")):
+        entry = run["entries"][path]
+        assert entry["passed"] and entry["bytes"] <= 0.35 * run["entries"][f"model_fp32.{fmt}"]["bytes"]
+        tried = entry["remedy"]["tried"]
+        assert [t["remedy"] for t in tried] == ["plain post-training int8", "16-bit activations"]
+        assert not tried[0]["passes"] and tried[1]["passes"] and entry["remedy"]["chosen"] == "16-bit activations"
+        assert entry["remedy"]["recipe"]["activation_bits"] == 16 and not entry["remedy"]["float_ops"]
+        assert activation_types(out / path) == {np.dtype(np.int16 if fmt == "tflite" else np.uint16)}
 
 
 def test_a_model_that_passes_plainly_gets_no_remedy_unless_diagnosed(trained_models, small_data_dir, tmp_path):

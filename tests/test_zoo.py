@@ -1,9 +1,9 @@
 """One fast test per keras.applications family: a tiny variant built from the family's own blocks
 (small width and depth, 32x32), trained seconds on the test patterns, goes through export with a
 gate no int8 artifact can pass, so that accuracy control runs its remedies on it (cross-layer
-equalization and float fallback) on every graph shape users bring: nested, Sequential-wrapped,
-squeeze-excite, hard-swish, swish, LayerNormalization and GELU, concatenation, separable
-convolutions, Normalization and Resizing inside the model.
+equalization, float fallback and, on two families, 16-bit activations) on every graph shape users
+bring: nested, Sequential-wrapped, squeeze-excite, hard-swish, swish, LayerNormalization and GELU,
+concatenation, separable convolutions, Normalization and Resizing inside the model.
 
 The full-size families, trained for minutes on CIFAR-10 and gated with the default gate, are
 ``make zoo`` (docs/results/zoo.md): too slow for CI. So is NASNet's tiny variant (three minutes
@@ -68,6 +68,11 @@ TINY = {
 }
 
 
+# The 16-bit remedy's own test is test_accuracy_control's; here it meets the graphs whose int8 needs it
+# most: hard-swish (which LiteRT's 16x8 quantizer keeps in float) and squeeze-excite, in a Sequential.
+SIXTEEN_BIT = ("MobileNetV3Small", "EfficientNet")
+
+
 @pytest.fixture(scope="module")
 def few_patterns(tmp_path_factory):
     """The test patterns, 60 images per class and split: conversion, not the gate, is under test."""
@@ -92,7 +97,8 @@ def test_a_tiny_variant_of_each_family_converts_and_goes_through_every_remedy(fa
     path = tmp_path / "model.keras"
     model.save(path)
     out = tmp_path / "out"
-    strict = ("--thresholds", "int8=0:1:0", "--remedies", "equalization,fallback", "--max-float-ops", "8")
+    remedies = "equalization,activations,fallback" if family in SIXTEEN_BIT else "equalization,fallback"
+    strict = ("--thresholds", "int8=0:1:0", "--remedies", remedies, "--max-float-ops", "8")
     common = ("--model", str(path), "--dataset", str(pattern_folder), "--pixel-range", "0,255", "--out", str(out))
     code = export_main([*common, "--formats", "onnx_fp32,onnx_int8,tflite_int8", *strict])
     assert code == 1  # the int8 artifacts cannot pass a zero-tolerance gate; nothing else went wrong
@@ -106,6 +112,7 @@ def test_a_tiny_variant_of_each_family_converts_and_goes_through_every_remedy(fa
         tried = [step["remedy"] for step in remedy["tried"]]
         assert tried[:2] == ["plain post-training int8", "cross-layer equalization"], tried
         assert any("float fallback" in step for step in tried), tried  # the per-layer report named an op
+        assert ("16-bit activations" in tried) == (family in SIXTEEN_BIT), tried
 
 
 def _keras_accuracy(model: keras.Model, folder) -> float:

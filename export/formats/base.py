@@ -145,7 +145,7 @@ class Format(ABC):
     def remedies(self, spec: ArtifactSpec) -> tuple[str, ...]:
         """The accuracy-control remedies that can repair a failing artifact of ``spec``."""
         if spec.post_training_int8:
-            return ("calibration", "equalization", "fallback")
+            return ("calibration", "equalization", "activations", "fallback")
         if spec.precision == "dynamic":  # int8 weights, activations quantized on the fly
             return ("equalization",)
         return ()
