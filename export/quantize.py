@@ -1,8 +1,9 @@
 """Post-training int8 quantization of both formats, with the knobs accuracy control turns.
 
 An :class:`Int8Recipe` says how: the calibration method and sample size, symmetric activations,
-cross-layer equalization first, 16-bit activations, and which ops stay in float. Calibration is the slow part, so it
-runs once per (model, sample, method) and is reused when only the float ops change:
+cross-layer equalization first, 16-bit activations, and which ops stay in float. Calibration is
+the slow part, so it runs once per (model, sample, method) and is reused when only the float ops
+change:
 
 * ONNX: ONNX Runtime static QDQ quantization (per-channel int8 weights on a 7-bit range, uint8
   activations) with its calibration cache; float ops are ``nodes_to_exclude``. The 7-bit range

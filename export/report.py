@@ -43,11 +43,16 @@ WORST_LAYERS = 8
 SQNR_PLOT_CEILING = 80.0  # dB: lossless tensors are drawn at this height
 
 
+def _sixteen_bit(remedy: dict) -> bool:
+    """Whether accuracy control chose 16-bit activations (int8 weights) for the artifact."""
+    return remedy.get("recipe", {}).get("activation_bits") == 16
+
+
 def _precision(row: ParityResult | dict) -> str:
     get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
     label = get("precision") + (" (QAT)" if get("quantization") == "qat" else "")
     remedy = get("remedy") or {}
-    if remedy.get("recipe", {}).get("activation_bits") == 16:
+    if _sixteen_bit(remedy):
         label += "w, int16a"  # int8 weights, 16-bit activations: not the plain int8 the row name suggests
     return label + (" (repaired)" if remedy.get("chosen") not in (None, "none") else "")
 
@@ -223,7 +228,7 @@ def _remedy_section(r: ParityResult) -> list[str]:
         "full test split (table above).",
         "",
     ]
-    if remedy.get("recipe", {}).get("activation_bits") == 16:
+    if _sixteen_bit(remedy):
         lines += [
             "Its activations are 16-bit (int8 weights): the file stays small and integer-only, but runtimes "
             "without 16-bit kernels run it slower than plain int8, often slower than fp32 (batch-1 ms above).",
