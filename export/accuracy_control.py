@@ -272,8 +272,7 @@ def _search(
         chosen = next((t for t in tried if t.passes), None)
     if chosen is None and "activations" in remedies:
         base = _best(tried)
-        prefix = "" if base is tried[0] else f"{base.remedy} + "
-        wide = trial(f"{prefix}16-bit activations", replace(base.recipe, activation_bits=16))
+        wide = trial(_on_top(base, tried, "16-bit activations"), replace(base.recipe, activation_bits=16))
         tried += [wide] if wide else []
         chosen = wide if wide and wide.passes else None
     if chosen is None and "fallback" in remedies:
@@ -312,6 +311,11 @@ def _best(trials: list[Trial]) -> Trial:
     return min(trials, key=_score)
 
 
+def _on_top(base: Trial, tried: list[Trial], remedy: str) -> str:
+    """The name of ``remedy`` applied on top of ``base`` (plain int8, ``tried[0]``, goes unnamed)."""
+    return remedy if base is tried[0] else f"{base.remedy} + {remedy}"
+
+
 def _fallback(
     trial: Callable[[str, Int8Recipe], Trial | None],
     base: Trial,
@@ -325,7 +329,6 @@ def _fallback(
     ``settings.patience`` such groups in a row end the search."""
     max_float_ops = settings.max_float_ops
     current, useless = base, 0
-    prefix = "" if base is tried[0] else f"{base.remedy} + "
     for error in worst:
         new_ops = tuple(op for op in error.group if op not in current.recipe.float_ops)
         if not new_ops:
@@ -335,7 +338,7 @@ def _fallback(
             log.info("  float fallback stops: %d ops would exceed --max-float-ops %d", len(ops), max_float_ops)
             break
         candidate = trial(
-            f"{prefix}float fallback ({len(ops)} ops, last {short_name(error.name)})",
+            _on_top(base, tried, f"float fallback ({len(ops)} ops, last {short_name(error.name)})"),
             replace(current.recipe, float_ops=ops),
         )
         if candidate is None:

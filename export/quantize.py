@@ -177,14 +177,9 @@ def representative(calibration: np.ndarray, info: ModelInfo) -> Callable[[], Ite
 
 def calibrated_tflite(model: keras.Model, calibration: np.ndarray, info: ModelInfo) -> bytes:
     """A float TFLite model carrying calibration statistics, ready for :func:`tflite_int8`."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative(calibration, info)
+    converter = _quantizing_converter(model, calibration, info)
     converter._experimental_calibrate_only = True  # noqa: SLF001 (the quantization debugger's own route)
-    with contextlib.redirect_stdout(io.StringIO()), native_notices_filtered():  # Keras prints its signature
-        return converter.convert()
+    return _converted(converter)
 
 
 def tflite_16x8(model: keras.Model, calibration: np.ndarray, info: ModelInfo) -> bytes:
@@ -193,15 +188,27 @@ def tflite_16x8(model: keras.Model, calibration: np.ndarray, info: ModelInfo) ->
     calibrated model :func:`tflite_int8` shares) and has no list of float ops."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative(calibration, info)
+    converter = _quantizing_converter(model, calibration, info)
     converter.target_spec.supported_ops = [
         tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
         tf.lite.OpsSet.TFLITE_BUILTINS,  # ops without 16x8 kernels (HARD_SWISH) stay float
     ]
     converter.inference_input_type = converter.inference_output_type = tf.int16
-    with contextlib.redirect_stdout(io.StringIO()), native_notices_filtered():
+    return _converted(converter)
+
+
+def _quantizing_converter(model: keras.Model, calibration: np.ndarray, info: ModelInfo):
+    """A TFLite converter of ``model`` set to quantize, calibrating on ``calibration``."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative(calibration, info)
+    return converter
+
+
+def _converted(converter) -> bytes:
+    with contextlib.redirect_stdout(io.StringIO()), native_notices_filtered():  # Keras prints its signature
         return converter.convert()
 
 

@@ -140,5 +140,6 @@ def test_the_zoo_report_keeps_a_row_per_family_and_a_failing_family_costs_only_i
     text = report.read_text()
     assert "| MobileNetV2 | 1,234 |" in text and "| onnx_int8 | pass | -0.10 | 0.40 | 0.050 | 0.30 | 0 |" in text
     assert "| tflite_int8 | not built |" in text
+    assert "(budget 300 s per int8 artifact)" in text and "Code: commit not recorded." not in text
     assert "| DenseNet121 |" in text and "MemoryError: out of memory" in text
     assert zoo_main([*argv, "--families", "MobileNetV2"], run=None) == 0  # measured rows are kept, not re-run
