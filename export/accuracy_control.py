@@ -98,6 +98,7 @@ class Trial:
     figures: Figures
     passes: bool
     bytes: int
+    seconds: float  # to build and measure: what this remedy costs an export
 
     def record(self) -> dict:
         return {
@@ -108,6 +109,7 @@ class Trial:
             "drift_p99": round(self.figures.drift_p99, 5),
             "passes": self.passes,
             "bytes": self.bytes,
+            "seconds": round(self.seconds, 1),
         }
 
 
@@ -157,6 +159,7 @@ class Trials:
 
     def run(self, remedy: str, recipe: Int8Recipe) -> Trial | None:
         """Build ``recipe`` and measure it; None (recorded as skipped) if it cannot be built."""
+        started = time.monotonic()
         try:
             self.builder.build(self.name, recipe)
         except (KeyboardInterrupt, SystemExit):
@@ -170,14 +173,15 @@ class Trials:
         figures = measure(run(validation.images), validation.reference, validation.targets)
         passes = not figures.failures(self.threshold)
         log.info(
-            "  %s: validation accuracy %.2f%% (%+.2f pp), confident agreement %.2f%%: %s",
+            "  %s: validation accuracy %.2f%% (%+.2f pp), confident agreement %.2f%%: %s (%.0f s)",
             remedy,
             100 * figures.accuracy,
             figures.delta_pp,
             100 * figures.confident_agreement,
             "would pass" if passes else "would fail",
+            time.monotonic() - started,
         )
-        return Trial(remedy, recipe, figures, passes, self.path.stat().st_size)
+        return Trial(remedy, recipe, figures, passes, self.path.stat().st_size, time.monotonic() - started)
 
     def within_budget(self, remedy: str, recipe: Int8Recipe) -> Trial | None:
         """:meth:`run`, unless the budget is spent (then BudgetSpent ends the search)."""

@@ -210,10 +210,11 @@ def _remedy_section(r: ParityResult) -> list[str]:
             f"{100 * step['confident_agreement']:.2f}%",
             f"{step['drift_p99']:.3f}",
             "would pass" if step["passes"] else "would fail",
+            f"{step['seconds']:.0f}" if "seconds" in step else "",
         ]
         for step in remedy.get("tried", [])
     ]
-    lines += _markdown_table(("remedy", "val accuracy", "delta pp", "confident agr.", "drift p99", "gate"), rows)
+    lines += _markdown_table(("remedy", "val accuracy", "delta pp", "confident agr.", "drift p99", "gate", "s"), rows)
     chosen = remedy.get("chosen", "none")
     float_ops = remedy.get("float_ops", [])
     lines += [

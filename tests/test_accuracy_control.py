@@ -120,10 +120,12 @@ def test_accuracy_control_repairs_both_formats(outlier_model, small_data_dir, tm
         assert len(entry["remedy"]["float_ops"]) <= 4  # only a few ops kept in float
         assert entry["remedy"]["tried"][0]["remedy"] == "plain post-training int8"
         assert not entry["remedy"]["tried"][0]["passes"] and entry["remedy"]["tried"][-1]["passes"]
+        assert all(step["seconds"] > 0 for step in entry["remedy"]["tried"])  # what each remedy cost
         if remedies == "fallback":
             assert entry["remedy"]["float_ops"]  # the fallback itself did it
     report = (out / "parity.md").read_text()
     assert "## Accuracy control: `model_int8.onnx`" in report and "## Per-layer quantization error" in report
+    assert "| remedy | val accuracy | delta pp | confident agr. | drift p99 | gate | s |" in report
     assert (out / "quantization_error.png").stat().st_size > 0
 
 
