@@ -309,9 +309,9 @@ def main(argv: list[str] | None = None, run: Callable[[str, argparse.Namespace],
         if row_file.is_file() and not args.again:
             continue
         log.info("zoo: %s", name)
+        commit = _commit()  # at the start: an export child runs the code checked out when it starts
         try:
-            row = run(name, args) | {"epochs": args.epochs, "control_budget_s": args.control_budget}
-            row["commit"] = _commit()
+            row = run(name, args) | {"epochs": args.epochs, "control_budget_s": args.control_budget, "commit": commit}
         except Exception as exc:  # one family's failure is its row, not the end of the zoo
             row = {"family": name, "error": f"{type(exc).__name__}: {exc}"[:300], "artifacts": {}}
         atomic_write(row_file, json.dumps(row, indent=1).encode())

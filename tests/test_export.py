@@ -244,6 +244,38 @@ def test_calibration_batches_divide_the_sample():
     assert calibration_batch_size(997) == 1 and calibration_batch_size(64) == 64
 
 
+def test_calibration_runs_in_strides_and_keeps_the_ranges(fp32_model, tmp_path, monkeypatch):
+    """ONNX Runtime's calibrator holds every activation it has run: export hands it a few hundred
+    images at a time (gigabytes less on large models), with the ranges of one pass."""
+    import onnxruntime as ort
+
+    from runtime.classifier import read_model_info
+
+    assert export.quantize.calibration_stride(20, 50) == 5 and export.quantize.calibration_stride(997, 1) == 1
+    info = read_model_info(ort.InferenceSession(str(fp32_model), providers=["CPUExecutionProvider"]), fp32_model)
+    pixels = np.random.default_rng(0).integers(0, 256, (500, info.height, info.width, info.channels), dtype=np.uint8)
+    chunks = []
+    set_range = export.quantize.PixelReader.set_range
+
+    def record(reader, start_index: int, end_index: int) -> None:
+        chunks.append(end_index - start_index)
+        set_range(reader, start_index, end_index)
+
+    monkeypatch.setattr(export.quantize.PixelReader, "set_range", record)
+
+    def scales(name: str) -> dict[str, float]:
+        quantizer = export.quantize.OnnxQuantizer(onnx.load(fp32_model), tmp_path / name)
+        proto = quantizer.quantize(pixels, info, export.quantize.Int8Recipe())
+        values = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+        return {n.input[0]: float(values[n.input[1]]) for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+
+    (tmp_path / "strided").mkdir(), (tmp_path / "whole").mkdir()
+    strided = scales("strided")
+    assert chunks[1:] == [5, 5] and len(strided) > 3  # 500 images: 10 batches of 50, 250 images at a time
+    monkeypatch.setattr(export.quantize, "calibration_stride", lambda batches, size: batches)
+    assert scales("whole") == strided
+
+
 def test_qat_leaves_out_the_images_training_held_out(tmp_path):
     from export.source import Training, _training_record
 
