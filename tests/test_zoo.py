@@ -53,14 +53,14 @@ def _xception(input_shape, include_top, weights, pooling) -> keras.Model:
 EFFICIENT = {"width_coefficient": 0.25, "depth_coefficient": 0.25, "default_size": 32}
 EFFICIENT_V2 = {**EFFICIENT, "blocks_args": efficientnet_v2.DEFAULT_BLOCKS_ARGS["efficientnetv2-b0"]}
 TINY = {
-    "MobileNetV2": (FAMILIES["MobileNetV2"], None),
+    "MobileNetV2": (Family("MobileNetV2", "tf", (("alpha", 0.35),)), None),  # the zoo's runs at 64 px
     "MobileNetV3Small": (Family("MobileNetV3Small", "inside", (("alpha", 0.35),), wrap="sequential"), None),
     "EfficientNet": (FAMILIES["EfficientNetB0"], partial(efficientnet.EfficientNet, **EFFICIENT)),
     "EfficientNetV2": (FAMILIES["EfficientNetV2B0"], partial(efficientnet_v2.EfficientNetV2, **EFFICIENT_V2)),
     "ResNet": (FAMILIES["ResNet50"], partial(_resnet, resnet.stack_residual_blocks_v1, False)),
     "ResNetV2": (FAMILIES["ResNet50V2"], partial(_resnet, resnet.stack_residual_blocks_v2, True)),
     "DenseNet": (FAMILIES["DenseNet121"], partial(densenet.DenseNet, [1, 1, 1, 1])),
-    "Xception": (Family("Xception", "tf", min_side=40), _xception),
+    "Xception": (Family("Xception", "tf", base_side=40), _xception),
     "ConvNeXt": (
         FAMILIES["ConvNeXtTiny"],
         partial(convnext.ConvNeXt, depths=[1, 1, 1, 1], projection_dims=[8, 16, 32, 64], default_size=32),
@@ -132,13 +132,14 @@ def test_the_zoo_report_keeps_a_row_per_family_and_a_failing_family_costs_only_i
         artifact = {"passed": True, "failures": [], "delta_pp": -0.1, "drop_bound_pp": 0.4, "drift_p99": 0.05}
         artifact |= {"size_ratio": 0.3, "remedy": "none", "float_ops": []}
         artifacts = {"onnx_fp32": artifact, "tflite_fp32": artifact, "onnx_int8": artifact}
-        return {"family": name, "parameters": 1234, "float_accuracy": 0.5, "artifacts": artifacts}
+        return {"family": name, "side": 64, "parameters": 1234, "float_accuracy": 0.5, "artifacts": artifacts}
 
     report = tmp_path / "zoo.md"
     argv = ["--families", "MobileNetV2,DenseNet121", "--work", str(tmp_path / "work"), "--report", str(report)]
     assert zoo_main(argv, run=run) == 0
     text = report.read_text()
-    assert "| MobileNetV2 | 1,234 |" in text and "| onnx_int8 | pass | -0.10 | 0.40 | 0.050 | 0.30 | 0 |" in text
+    assert "| MobileNetV2 (64 px) | 1,234 |" in text
+    assert "| onnx_int8 | pass | -0.10 | 0.40 | 0.050 | 0.30 | 0 |" in text
     assert "| tflite_int8 | not built |" in text
     assert "(budget 300 s per int8 artifact)" in text and "Code: commit not recorded." not in text
     assert "| DenseNet121 |" in text and "MemoryError: out of memory" in text
