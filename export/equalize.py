@@ -29,6 +29,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+NOTHING_TO_EQUALIZE = "cross-layer equalization changes nothing in this model"
 PASS_THROUGH = (
     keras.layers.MaxPooling2D,
     keras.layers.AveragePooling2D,
