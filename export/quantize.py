@@ -106,6 +106,7 @@ class PixelReader(CalibrationDataReader):
         size = calibration_batch_size(len(pixels))
         self._batches = [pixels[i : i + size] for i in range(0, len(pixels), size)]
         self._info = info
+        self.stride = calibration_stride(len(self._batches), size)
         self._progress = tqdm(total=len(self._batches), desc="calibrating", unit=" batch", leave=False)
         self.set_range(0, len(self._batches))
 
@@ -127,8 +128,8 @@ class PixelReader(CalibrationDataReader):
 def calibration_stride(batches: int, batch_size: int, images: int = CALIBRATION_STRIDE_IMAGES) -> int:
     """How many batches ONNX Runtime's calibrator runs before reducing them to ranges/histograms.
 
-    It keeps every activation of every image it has run until it reduces them: for ResNet50V2 at
-    32x32, 2.4 MB per image, gigabytes for a calibration sample. A stride of about ``images``
+    It keeps every activation of every image it has run until it reduces them: percentile
+    calibration of the zoo's EfficientNetB0 peaked at 3.1 GB for 1,000 images in one pass. A stride of about ``images``
     images bounds that (it must divide the number of batches)."""
     return max(d for d in range(1, batches + 1) if batches % d == 0 and d * batch_size <= max(images, batch_size))
 
@@ -165,7 +166,6 @@ class OnnxQuantizer:
         cache = self.workdir / f"{self.prepared.stem}-{recipe.method}-{recipe.symmetric}-{len(calibration)}.json"
         output = self.workdir / f"{self.prepared.stem}-int8.onnx"
         reader = PixelReader(calibration, info)
-        stride = calibration_stride(len(reader), calibration_batch_size(len(calibration)))
         quantize_static(
             str(self.prepared),
             str(output),
@@ -178,7 +178,7 @@ class OnnxQuantizer:
             calibrate_method=CALIBRATION_METHODS[recipe.method],
             nodes_to_exclude=list(recipe.float_ops) + ([self.float_first_conv] if self.float_first_conv else []),
             calibration_cache_path=str(cache),
-            extra_options={"ActivationSymmetric": recipe.symmetric, "CalibStridedMinMax": stride},
+            extra_options={"ActivationSymmetric": recipe.symmetric, "CalibStridedMinMax": reader.stride},
         )
         proto = onnx.load(output)
         set_metadata(proto, info)
