@@ -8,7 +8,8 @@ forced), and makes a uniquely named ``.staging-XXXX`` folder for the candidates,
 system so that every move is an atomic rename.
 
 :func:`publish` then puts each artifact that passed its gate in place and each failed one in
-``rejected/`` with the run's reports (with ``all_or_nothing``, one failure publishes nothing). The
+``rejected/`` with the run's reports (with ``all_or_nothing``, one failure publishes nothing; a
+later run in which an artifact passes takes its old rejected candidate out of ``rejected/``). The
 new ``manifest.json`` is written into the staging folder first (a full disk fails there, the
 release untouched); then a journal listing every rename is written; then the renames run, files
 of the old release moved aside first and the manifest last; then the journal is deleted. A run
@@ -209,6 +210,8 @@ def publish(
         _run_moves(folder, moves)
         (folder / JOURNAL).unlink()
         sync_folder(folder)
+    if not rejected:
+        _clear_rejected(folder, {r.path for r in results})
     log.info("published %d artifact(s) to %s", len(published), folder)
     return published, rejected
 
@@ -307,6 +310,24 @@ def _reject(workspace: Workspace, rejected: list[ParityResult]) -> None:
     for name in REJECTED_REPORTS:
         if (staging / name).is_file():
             shutil.copy2(staging / name, target / name)
+
+
+def _clear_rejected(folder: Path, built: set[str]) -> None:
+    """After a run that rejected nothing: the candidates in ``rejected/`` that this run built anew
+    (and passed) are out of date; so are the reports once no rejected artifact is left to explain.
+    A rejection of a format this run did not build stays, with its reports; the user's files stay."""
+    target = folder / REJECTED
+    if not target.is_dir():
+        return
+    for path in built:
+        for name in files_of(path):
+            if (target / name).is_file():
+                (target / name).unlink()
+    if not any((target / name).is_file() for name in _ARTIFACT_FILES):
+        for name in REJECTED_REPORTS:
+            (target / name).unlink(missing_ok=True)
+    if not any(target.iterdir()):
+        target.rmdir()
 
 
 def new_manifest_entry(result: ParityResult, staging: Path) -> dict:

@@ -117,7 +117,7 @@ def broken_int8(monkeypatch):
 
 
 def test_broken_artifact_is_rejected_and_the_others_are_published(
-    exported_models, small_data_dir, tmp_path, capsys, broken_int8
+    exported_models, small_data_dir, tmp_path, capsys, monkeypatch, broken_int8
 ):
     models = copy_release(exported_models, tmp_path)
     folder = models / "fashion_mnist"
@@ -133,6 +133,11 @@ def test_broken_artifact_is_rejected_and_the_others_are_published(
     entries = {e["path"]: e for e in manifest_of(models)["artifacts"]}
     assert entries["model_int8.onnx"]["sha256"] == sha256_of(folder / "model_int8.onnx")
     assert "FAIL" in (folder / "parity.md").read_text()
+    # the bug fixed: a passing rebuild leaves no stale rejected candidate or report behind
+    monkeypatch.undo()
+    assert run_export(models, small_data_dir, "--formats", "onnx_int8", "--no-accuracy-control") == 0
+    assert not (folder / "rejected").exists()
+    assert "FAIL" not in (folder / "parity.md").read_text()
 
 
 def test_earlier_passes_are_kept_only_if_they_pass_todays_gate(exported_models, small_data_dir, tmp_path):
