@@ -52,7 +52,7 @@ browser: ## install Debian's chromium for the browser test (once)
 TEST_WORKERS ?= 2
 
 test: $(VENV)/.stamp-train,demo,dev,docs browser ## run the test suite (the docs site's strict build included)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 docs: $(VENV)/.stamp-docs ## build the documentation site strictly into runs/site (docs/, mkdocs.yml)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -154,13 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # SIGTERM (a service manager's stop) ends like Ctrl-C, so the upload folder is removed at exit
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    from demo.starting import StartingPage
     from runtime.cli import fail
     from runtime.errors import ModelError
 
+    try:  # answer at once while Gradio imports; a taken port fails now, not after the import
+        starting = StartingPage.open(args.host, args.port)
+    except OSError as exc:
+        return fail(f"cannot serve on {args.host}:{args.port} ({exc})")
     try:
         app, folders = create(args)
     except ModelError as exc:
         return fail(str(exc))
+    finally:
+        starting.close()
     try:
         launch(app, folders, args)
     except ValueError as exc:  # a bad auth file

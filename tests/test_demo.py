@@ -564,3 +564,77 @@ def test_browser_classifies_with_an_export_folder(export_server, ankle_boot, tmp
     assert capture(url, ankle_boot, shot, model="my-export") == "Ankle boot"
     with Image.open(shot) as picture:
         assert picture.format == "PNG" and picture.height > 600
+
+
+# --- Start-up: the port answers while Gradio imports
+
+
+def starting_answer(url: str, method: str) -> urllib.error.HTTPError:
+    request = urllib.request.Request(url, method=method, data=b"x" if method == "POST" else None)
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=10)
+    return answer.value
+
+
+def test_the_port_answers_at_once_and_is_handed_over(capsys):
+    import socket
+
+    from demo.__main__ import main
+    from demo.starting import StartingPage
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/gradio_api/upload"
+    starting = StartingPage.open("127.0.0.1", port)
+    try:
+        for method in ("GET", "POST", "HEAD"):
+            answer = starting_answer(url, method)
+            assert answer.code == 503 and answer.headers["Retry-After"] == "1", method
+        assert b"demo is starting" in starting_answer(url, "GET").read()
+        # a second demo on a taken port fails before importing Gradio, in one line
+        assert main(["--port", str(port), "--models-dir", str(MODELS)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: cannot serve on 127.0.0.1:{port}") and "\n" not in err
+    finally:
+        starting.close()
+    with socket.socket() as taker:  # free for Gradio at once (it binds with SO_REUSEADDR, as here)
+        taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taker.bind(("127.0.0.1", port))
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (make browser)")
+def test_a_browser_on_the_starting_page_opens_the_demo_when_it_answers():
+    pytest.importorskip("playwright", reason="Playwright's Python package is not installed (pip install -e .[dev])")
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from playwright.sync_api import sync_playwright
+
+    from demo.screenshot import CHROMIUM_ARGS
+    from demo.starting import StartingPage
+
+    class Ready(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<title>the demo</title><p>ready</p>")
+
+        def log_message(self, *args):
+            pass
+
+    port = free_port()
+    starting = StartingPage.open("127.0.0.1", port)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            assert "starting" in page.title()
+            starting.close()
+            ready = HTTPServer(("127.0.0.1", port), Ready)
+            threading.Thread(target=ready.serve_forever, daemon=True).start()
+            page.wait_for_function("document.title === 'the demo'", timeout=30_000)
+        finally:
+            browser.close()
+    ready.shutdown()
+    ready.server_close()
