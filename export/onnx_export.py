@@ -14,6 +14,7 @@ with ONNX-friendly equivalents of them (:func:`convertible_kernels`): grouped an
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 from collections.abc import Iterator
@@ -164,6 +165,39 @@ def store_weights_as_int8(proto: onnx.ModelProto) -> int:
     for node in reversed(dequantize_nodes):  # their inputs are initializers: first is a valid order
         proto.graph.node.insert(0, node)
     return len(dequantize_nodes)
+
+
+def shorten_added_names(proto: onnx.ModelProto, original: onnx.GraphProto) -> int:
+    """Give the nodes and tensors that quantization added to ``original`` short names; returns how many.
+
+    ONNX Runtime's quantizer names each QuantizeLinear/DequantizeLinear pair and its scale and zero
+    point after the tensor it quantizes (``..._const_fold_opt__659_DequantizeLinear``): measured on
+    the zoo's MobileNetV2, those names were a fifth of its int8 file, which then weighed 0.44x of the
+    fp32 one (0.35x with short names, the same outputs bit for bit). The original graph's names stay,
+    so the per-layer report and float fallback still find their tensors and ops. A graph with
+    subgraphs (If, Loop), which may refer to outer names, is left as it is."""
+    graph = proto.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0
+    kept = {n.name for n in original.node} | {t for n in original.node for t in (*n.input, *n.output)}
+    kept |= {i.name for i in original.initializer} | {v.name for v in (*graph.input, *graph.output)}
+    renamed: dict[str, str] = {}
+    fresh = (f"q{i}" for i in itertools.count() if f"q{i}" not in kept)
+
+    def short(name: str) -> str:
+        if not name or name in kept:
+            return name
+        if name not in renamed:
+            renamed[name] = next(fresh)
+        return renamed[name]
+
+    for node in graph.node:
+        node.name = short(node.name)
+        node.input[:] = [short(name) for name in node.input]
+        node.output[:] = [short(name) for name in node.output]
+    for item in (*graph.initializer, *graph.value_info):
+        item.name = short(item.name)
+    return len(renamed)
 
 
 def count_ops(proto: onnx.ModelProto) -> dict[str, int]:

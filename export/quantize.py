@@ -51,7 +51,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from export.onnx_export import INPUT_NAME, set_metadata
+from export.onnx_export import INPUT_NAME, set_metadata, shorten_added_names
 from runtime.metadata import ModelInfo
 from runtime.native_logs import native_notices_filtered
 from runtime.preprocess import normalize
@@ -160,7 +160,8 @@ class OnnxQuantizer:
         return conv.name
 
     def quantize(self, calibration: np.ndarray, info: ModelInfo, recipe: Int8Recipe) -> onnx.ModelProto:
-        unknown = set(recipe.float_ops) - {node.name for node in onnx.load(self.prepared).graph.node}
+        prepared = onnx.load(self.prepared).graph
+        unknown = set(recipe.float_ops) - {node.name for node in prepared.node}
         if unknown:  # ONNX Runtime would ignore them and quantize everything: a fallback that does nothing
             raise ValueError(f"float ops not in this graph: {', '.join(sorted(unknown)[:3])}")
         cache = self.workdir / f"{self.prepared.stem}-{recipe.method}-{recipe.symmetric}-{len(calibration)}.json"
@@ -181,6 +182,7 @@ class OnnxQuantizer:
             extra_options={"ActivationSymmetric": recipe.symmetric, "CalibStridedMinMax": reader.stride},
         )
         proto = onnx.load(output)
+        shorten_added_names(proto, prepared)
         set_metadata(proto, info)
         onnx.checker.check_model(proto, full_check=True)
         return proto

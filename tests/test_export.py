@@ -281,6 +281,38 @@ def test_calibration_runs_in_strides_and_keeps_the_ranges(fp32_model, tmp_path, 
     assert scales("whole") == strided
 
 
+def test_names_the_quantizer_adds_are_short_and_nothing_else_changes(fp32_model, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from runtime.classifier import read_model_info
+
+    info = read_model_info(ort.InferenceSession(str(fp32_model), providers=["CPUExecutionProvider"]), fp32_model)
+    pixels = np.random.default_rng(1).integers(0, 256, (100, info.height, info.width, info.channels), dtype=np.uint8)
+
+    def quantized(name: str) -> tuple[onnx.ModelProto, onnx.GraphProto]:
+        (tmp_path / name).mkdir()
+        quantizer = export.quantize.OnnxQuantizer(onnx.load(fp32_model), tmp_path / name)
+        return quantizer.quantize(pixels, info, export.quantize.Int8Recipe()), onnx.load(quantizer.prepared).graph
+
+    short, prepared = quantized("short")
+    monkeypatch.setattr(export.quantize, "shorten_added_names", lambda proto, original: 0)
+    long, _ = quantized("long")
+    original = {n.name for n in prepared.node} | {t for n in prepared.node for t in (*n.input, *n.output)}
+    names = [name for n in short.graph.node for name in (n.name, *n.input, *n.output)]
+    added = {name for name in names if name and name not in original}
+    assert added and all(len(name) <= 6 for name in added)
+    quantized_tensors = [  # the per-layer report's keys: the original tensors that are quantized
+        {n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"} & original for proto in (short, long)
+    ]
+    assert quantized_tensors[0] and quantized_tensors[0] == quantized_tensors[1]
+    assert [n.op_type for n in short.graph.node] == [n.op_type for n in long.graph.node]
+    assert short.ByteSize() < long.ByteSize() - 20 * len(added)
+    runs = [ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]) for p in (short, long)]
+    x = np.random.default_rng(2).uniform(0, 1, (4, info.channels, info.height, info.width)).astype(np.float32)
+    a, b = (run.run(None, {run.get_inputs()[0].name: x})[0] for run in runs)
+    assert np.array_equal(a, b)
+
+
 def test_qat_leaves_out_the_images_training_held_out(tmp_path):
     from export.source import Training, _training_record
 
