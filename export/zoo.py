@@ -9,7 +9,8 @@ ratio to fp32, ops left in float, export time and the export's peak memory.
 
 Each family's export runs in a child process of its own, so its crash or memory use costs only
 its row, and the peak memory measured is that export's alone. Rows are kept under ``--work``
-(one JSON file per family); a rerun skips the families already measured unless ``--again``.
+(one JSON file per family); a rerun skips the families already measured unless ``--again``, and
+re-measures with the model trained before unless ``--retrain`` (or the family's definition changed).
 """
 
 from __future__ import annotations
@@ -156,15 +157,32 @@ def _slug(family: str) -> str:
     return family.replace(" ", "_")
 
 
-def run_family(name: str, args: argparse.Namespace) -> dict:
-    """Train and export one family; its row of the report."""
+def trained(name: str, args: argparse.Namespace, folder: Path) -> dict:
+    """Train family ``name`` into ``folder``/model.keras and return its figures, or reuse the model
+    an earlier run trained there with the same family definition, epochs and images (its figures
+    kept in training.json): ``--again`` then re-measures the export alone, which is what changes
+    with the code (DenseNet121's 3 epochs take half an hour here). ``--retrain`` trains anew."""
     from train.datasets import load_dataset
 
+    path, record = folder / "model.keras", folder / "training.json"
+    recipe = {"family": repr(FAMILIES[name]), "epochs": args.epochs, "train_images": args.train_images}
+    try:
+        saved = json.loads(record.read_text()) if path.is_file() and not args.retrain else {}
+    except (OSError, ValueError):
+        saved = {}
+    if isinstance(saved, dict) and saved.get("recipe") == recipe:
+        log.info("zoo: %s: reusing the model trained earlier (%s)", name, path)
+        return saved["figures"]
+    figures = train_briefly(name, load_dataset("cifar10", args.data_dir), args.train_images, args.epochs, path)
+    atomic_write(record, json.dumps({"recipe": recipe, "figures": figures}, indent=1))
+    return figures
+
+
+def run_family(name: str, args: argparse.Namespace) -> dict:
+    """Train (or reuse) and export one family; its row of the report."""
     folder = args.work / _slug(name)
     folder.mkdir(parents=True, exist_ok=True)
-    data = load_dataset("cifar10", args.data_dir)
-    row = {"family": name, "side": max(SIDE, FAMILIES[name].base_side)}
-    row |= train_briefly(name, data, args.train_images, args.epochs, folder / "model.keras")
+    row = {"family": name, "side": max(SIDE, FAMILIES[name].base_side)} | trained(name, args, folder)
     out, usage = folder / "export", folder / "usage.json"
     argv = ["--model", str(folder / "model.keras"), "--dataset", "cifar10", "--pixel-range", "0,255"]
     argv += ["--out", str(out), "--formats", ",".join(ZOO_FORMATS), "--force"]
@@ -293,6 +311,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, default=REPORT, help=f"the report (default: {REPORT})")
     parser.add_argument("--machine", default="", help="the machine, as the report should state it")
     parser.add_argument("--again", action="store_true", help="re-measure families that already have a row")
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train anew even where a model trained with the same family, epochs and images is kept in --work",
+    )
     parser.add_argument("--export-child", type=Path, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
     args.rest = rest[1:] if rest[:1] == ["--"] else rest

@@ -176,3 +176,29 @@ def test_outlier_copy_refuses_a_model_without_a_rescalable_pair(tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))
     with pytest.raises(Exception, match="no conv/BatchNorm -> ReLU -> conv/dense pair"):
         add_outlier_channel(model)
+
+
+def test_the_8_bit_remedies_leave_half_the_budget_to_16_bit_activations(monkeypatch):
+    """Budget bookkeeping alone (the remedies' own runs are tested above): past half the budget an
+    8-bit remedy is skipped with its reason, 16-bit activations still run, past the whole nothing."""
+    import time
+
+    from export.accuracy_control import BudgetSpent, ControlSettings, Trials
+    from export.quantize import Int8Recipe
+
+    trials = Trials.__new__(Trials)  # no builder needed: run() is replaced
+    trials.settings, trials.skipped, trials.started = ControlSettings(budget_s=100), [], time.monotonic() - 40
+    monkeypatch.setattr(Trials, "run", lambda self, remedy, recipe: remedy)
+    assert trials.within_budget("percentile calibration", Int8Recipe(), 0.5) == "percentile calibration"
+    trials.started -= 20  # 60 s spent
+    assert trials.within_budget("entropy calibration", Int8Recipe(), 0.5) is None
+    assert trials.skipped == [
+        {
+            "remedy": "entropy calibration",
+            "reason": "50% of the 100 s budget spent; the rest is kept for 16-bit activations",
+        }
+    ]
+    assert trials.within_budget("16-bit activations", Int8Recipe()) == "16-bit activations"
+    trials.started -= 50
+    with pytest.raises(BudgetSpent):
+        trials.within_budget("float fallback", Int8Recipe())

@@ -151,3 +151,29 @@ def test_the_zoo_report_keeps_a_row_per_family_and_a_failing_family_costs_only_i
     assert "(budget 300 s per int8 artifact)" in text and "Code: commit not recorded." not in text
     assert "| DenseNet121 |" in text and "MemoryError: out of memory" in text
     assert zoo_main([*argv, "--families", "MobileNetV2"], run=None) == 0  # measured rows are kept, not re-run
+
+
+def test_a_model_trained_earlier_is_reused_unless_its_recipe_changed(tmp_path, monkeypatch):
+    import dataclasses
+
+    import export.zoo as zoo
+
+    trainings = []
+
+    def train(name, data, images, epochs, path):
+        trainings.append((name, epochs))
+        path.write_bytes(b"a model")
+        return {"train_seconds": len(trainings)}
+
+    monkeypatch.setattr(zoo, "train_briefly", train)
+    monkeypatch.setattr("train.datasets.load_dataset", lambda name, data_dir: None)
+    args = zoo.parse_args(["--work", str(tmp_path)])
+    assert zoo.trained("MobileNetV2", args, tmp_path) == {"train_seconds": 1}
+    assert zoo.trained("MobileNetV2", args, tmp_path) == {"train_seconds": 1}  # reused
+    args.epochs = 4
+    assert zoo.trained("MobileNetV2", args, tmp_path) == {"train_seconds": 2}
+    monkeypatch.setitem(zoo.FAMILIES, "MobileNetV2", dataclasses.replace(zoo.FAMILIES["MobileNetV2"], base_side=96))
+    assert zoo.trained("MobileNetV2", args, tmp_path) == {"train_seconds": 3}
+    args.retrain = True
+    assert zoo.trained("MobileNetV2", args, tmp_path) == {"train_seconds": 4}
+    assert trainings == [("MobileNetV2", 3), ("MobileNetV2", 4), ("MobileNetV2", 4), ("MobileNetV2", 4)]
