@@ -40,11 +40,11 @@ def wait_for_page(url: str, process: subprocess.Popen, start: float, timeout_s: 
                 if page.status == 200:
                     now = time.perf_counter() - start
                     return {"response_s": seconds.get("response_s", now), "page_s": now}
-        except urllib.error.HTTPError:
+        except urllib.error.HTTPError:  # an answer, not yet the page
             seconds.setdefault("response_s", time.perf_counter() - start)
-            time.sleep(0.02)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.02)
+            pass
+        time.sleep(0.02)
     raise RuntimeError(f"no page at {url} within {timeout_s:.0f} s")
 
 

@@ -71,8 +71,7 @@ class StartingPage:
     def open(cls, host: str, port: int) -> StartingPage:
         """Bind ``host:port`` (IPv4 or IPv6) as Gradio will; an OSError says the port cannot be served."""
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        server_class = type("StartingServer", (ThreadingHTTPServer,), {"address_family": family})
-        server_class.daemon_threads = True
+        server_class = type("StartingServer", (ThreadingHTTPServer,), {"address_family": family})  # daemon threads
         return cls(server_class((host, port), _StartingHandler))
 
     def close(self) -> None:
