@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Gradio asks matplotlib for its backend around every event; with none set, matplotlib resolves it by
+# importing pyplot, which made the first answer wait 1-4 s (measured). The server draws no windows.
+os.environ.setdefault("MPLBACKEND", "agg")
 
 from demo.uploads import parse_size  # noqa: E402
 
@@ -89,8 +92,11 @@ def own_upload_folder() -> None:
 def create(args: argparse.Namespace):
     """The app, queued and ready to launch, plus the folders it may serve files from."""
     own_upload_folder()
+    from demo.examples import ExampleLoader, data_dir_from, example_folders, start_writing
+
+    data_dir = data_dir_from(args.data_dir)
+    writer = start_writing(data_dir)  # on the other core while Gradio imports
     from demo.app import Demo, build_app, load_models, release_folders
-    from demo.examples import ExampleLoader, data_dir_from, example_folders
     from demo.uploads import UploadPolicy, UploadSweeper
     from runtime.artifacts import default_models_dir
 
@@ -98,8 +104,7 @@ def create(args: argparse.Namespace):
     demo = Demo(load_models(folders), UploadPolicy.for_gradio(args.max_file_size))
     sweeper = UploadSweeper(demo.uploads.folder, args.max_upload_storage, UPLOAD_MAX_AGE_S).start()
     atexit.register(sweeper.stop)
-    data_dir = data_dir_from(args.data_dir)
-    app = build_app(demo, ExampleLoader(folders, data_dir).start())
+    app = build_app(demo, ExampleLoader(folders, data_dir, writer).start())
     app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     return app, [str(folder) for folder in example_folders(data_dir)]
 

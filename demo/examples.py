@@ -5,8 +5,10 @@ them and send them through the same upload path as a user's file. Without a data
 demo runs without examples and says where they would come from.
 
 Finding them can take seconds (a tarball is read to its end for its test split), so the server
-never waits for it: ``ExampleLoader`` fetches them on a thread while the page is already served,
-and the page fills its galleries when they are there.
+never waits for it: :func:`start_writing` writes them in a process of its own, started before
+Gradio is imported (on a second core, and never holding the server's GIL: on a thread, the 60,000
+member headers parsed in Python slowed the first page and answer), and ``ExampleLoader`` collects
+them on a thread while the page is already served; the page fills its galleries when they are there.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import hashlib
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -109,12 +113,30 @@ def example_folders(data_dir: Path | None) -> list[Path]:
     return [] if data_dir is None else [examples_cache(data_dir) / name for name in DATASETS]
 
 
-class ExampleLoader:
-    """The served folders' examples, found on a thread so that the server starts without them."""
+WRITER_TIMEOUT_S = 300.0
 
-    def __init__(self, folders: list[Path], data_dir: Path | None) -> None:
+
+def start_writing(data_dir: Path | None) -> subprocess.Popen | None:
+    """Write the example files of every dataset in a child process (``python -m demo.examples``);
+    None when there is no data directory or nothing left to write."""
+    if data_dir is None or all(any((examples_cache(data_dir) / name).glob("*.png")) for name in DATASETS):
+        return None
+    command = [sys.executable, "-m", "demo.examples", str(data_dir)]
+    try:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+    except OSError as exc:  # the loader's thread then writes them itself
+        log.warning("examples: cannot start %s (%s)", " ".join(command), exc)
+        return None
+
+
+class ExampleLoader:
+    """The served folders' examples, collected on a thread so that the server starts without them:
+    those ``writer`` (:func:`start_writing`) writes, or any it left unwritten, written on the thread."""
+
+    def __init__(self, folders: list[Path], data_dir: Path | None, writer: subprocess.Popen | None = None) -> None:
         self.data_dir = data_dir
         self._folders = folders
+        self._writer = writer
         self._found: dict[str, list[Path]] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._load, name="demo-examples", daemon=True)
@@ -125,6 +147,8 @@ class ExampleLoader:
 
     def _load(self) -> None:
         try:
+            if self._writer is not None:
+                self._writer.wait(WRITER_TIMEOUT_S)
             self._found = examples_for(self._folders, find_examples(self.data_dir))
         except Exception as exc:  # a page without examples still classifies; the reason goes to the log
             log.warning("no examples: %s", first_line(exc))
@@ -138,3 +162,22 @@ class ExampleLoader:
     def paths(self, folder: str) -> list[Path]:
         """One folder's examples, once found (empty until then)."""
         return self._found.get(folder, []) if self._done.is_set() else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m demo.examples",
+        description="Write the demo's example images (one test image per class of each dataset found in DATA_DIR) "
+        "into the cache, as the demo does at start.",
+    )
+    parser.add_argument("data_dir", type=Path, help="the datasets folder (EDGEPACK_DATA_DIR)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    found = find_examples(args.data_dir)
+    return 0 if any(found.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -291,6 +291,22 @@ def test_the_page_is_served_before_the_examples_are_found(shared_data, tmp_path,
     assert fashion.value[-1]["caption"] == "Ankle boot" and cifar.value[7]["caption"] == "horse"
 
 
+def test_examples_are_written_by_a_process_of_their_own(shared_data, tmp_path, monkeypatch):
+    """On a thread, the tarball's 60,000 member headers parsed in Python held the GIL while the
+    server answered its first requests; a child process writes them, the loader's thread only collects."""
+    import demo.examples
+
+    monkeypatch.setenv("EDGEPACK_CACHE_DIR", str(tmp_path / "cache"))
+    assert demo.examples.start_writing(None) is None
+    writer = demo.examples.start_writing(shared_data)
+    assert writer is not None
+    monkeypatch.setattr(demo.examples, "REGISTRY", {})  # the thread would need it to decode anything itself
+    loader = demo.examples.ExampleLoader([MODELS / "cifar10", MODELS / "fashion_mnist"], shared_data, writer).start()
+    found = loader.wait(120)
+    assert writer.returncode == 0 and len(found["cifar10"]) == 10 and len(found["fashion_mnist"]) == 10
+    assert demo.examples.start_writing(shared_data) is None  # nothing left to write
+
+
 def test_the_page_never_shows_a_server_path(tmp_path):
     from demo.app import examples_note
 
