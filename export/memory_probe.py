@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _status_bytes(field: str) -> int | None:
+def status_bytes(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -42,14 +42,14 @@ def probe(format_name: str, path: Path) -> int | None:
     fmt = FORMATS[format_name]
     runner = fmt.bench_runners[0]
     importlib.import_module(runner.module)
-    baseline = _status_bytes("VmRSS")
+    baseline = status_bytes("VmRSS")
     if baseline is None or not _reset_peak():
         return None
     loaded = fmt.load_for_bench(runner, path, threads=1)
     pixels = np.zeros((1, *loaded.shape), np.uint8)
     for _ in range(3):
         loaded.call(loaded.prepare(pixels))
-    peak = _status_bytes("VmHWM")
+    peak = status_bytes("VmHWM")
     return None if peak is None else max(peak - baseline, 0)
 
 

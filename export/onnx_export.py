@@ -10,10 +10,12 @@ with ONNX-friendly equivalents of them (:func:`convertible_kernels`): grouped an
 (a ``StatefulPartitionedCall`` to tf2onnx), and exact GELU, which TensorFlow writes with
 ``Erfc`` (no ONNX op); ``0.5 x (1 + erf(x / sqrt 2))`` is the same function with ONNX's ``Erf``.
 
-tf2onnx's graph optimizers run without its safety net first (:func:`optimizer_safety_net`): the
-net deep-copies the graph before each of its two dozen optimizer passes, which took ResNet50V2's
-conversion (94 MB of weights) from 4.6 to 6.8 GB of peak memory and 19 to 24 s (measured). Where
-an optimizer fails, the conversion runs again with the net, which skips that optimizer.
+Two habits of tf2onnx's graph optimizers cost memory in proportion to the weights times their
+two dozen passes, measured on ResNet50V2 (94 MB of weights), whose conversion peaked at 6.8 GB:
+its safety net deep-copies the graph before each pass, kept until Python's cycle collector runs
+(:func:`optimizer_safety_net`: off at first, on again only where an optimizer fails, to skip it),
+and after each pass it rewrites every node's attributes, weights included, into the node's
+protobuf message, whose arena keeps every old copy (:func:`attributes_rewritten_when_changed`).
 """
 
 from __future__ import annotations
@@ -135,8 +137,36 @@ def raised_in_optimizer(exc: BaseException) -> bool:
     )
 
 
+@contextlib.contextmanager
+def attributes_rewritten_when_changed() -> Iterator[None]:
+    """Make tf2onnx's ``Node.update_proto`` leave a node's attributes in place when they equal those
+    already written. It deletes and re-adds them after every optimizer pass; with protobuf's upb
+    backend a deleted attribute stays in its message's arena until the message is freed, so each
+    pass kept one more copy of every weight (one 40 MB tensor rewritten five times: +190 MB)."""
+    from tf2onnx.graph import Node
+
+    original = Node.update_proto
+
+    def update_proto(node: Node, external_tensor_storage=None) -> None:
+        proto = node._op  # noqa: SLF001
+        plain = external_tensor_storage is None and not node.get_body_graphs()
+        if plain and list(proto.attribute) == list(node.get_onnx_attrs().values()):
+            del proto.input[:]
+            proto.input.extend(node.input)
+            del proto.output[:]
+            proto.output.extend(node.output)
+            return
+        original(node, external_tensor_storage)
+
+    Node.update_proto = update_proto
+    try:
+        yield
+    finally:
+        Node.update_proto = original
+
+
 def _converted(function: tf.types.experimental.GenericFunction, opset: int, safety_net: bool) -> onnx.ModelProto:
-    with convertible_kernels(), optimizer_safety_net(safety_net):
+    with convertible_kernels(), optimizer_safety_net(safety_net), attributes_rewritten_when_changed():
         proto, _ = tf2onnx.convert.from_function(
             function, input_signature=function.input_signature, opset=opset, inputs_as_nchw=[INPUT_NAME]
         )

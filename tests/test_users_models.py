@@ -301,3 +301,27 @@ def test_an_optimizer_that_fails_is_skipped_by_converting_again_with_the_safety_
     monkeypatch.setitem(tf2onnx.optimizer._optimizers, "remove_identity", Failing)  # noqa: SLF001
     proto = keras_to_onnx(model, info)
     np.testing.assert_allclose(_onnx_outputs(proto, images), np.asarray(model(images)), atol=1e-5)
+
+
+def test_tf2onnx_keeps_one_copy_of_a_weight_across_its_optimizer_passes():
+    """tf2onnx rewrites every node's attributes after each optimizer pass, and protobuf's arena kept
+    each old copy: 94 MB more per pass on ResNet50V2. Unchanged attributes now stay as written."""
+    from tf2onnx.graph import Graph
+
+    from export.memory_probe import status_bytes
+    from export.onnx_export import attributes_rewritten_when_changed
+
+    graph = Graph([], opset=17)
+    node = graph.get_node_by_output(graph.make_const("w", np.ones(10_000_000, np.float32)).output[0])  # 40 MB
+    node.update_proto()
+    written = node._op.SerializeToString()  # noqa: SLF001
+    before = status_bytes("VmRSS")
+    with attributes_rewritten_when_changed():
+        for _ in range(5):
+            node.update_proto()
+    assert status_bytes("VmRSS") - before < 20 * 2**20  # five rewrites would have kept 200 MB
+    assert node._op.SerializeToString() == written  # noqa: SLF001
+    node.set_attr("extra", 1)  # a changed attribute is still written
+    with attributes_rewritten_when_changed():
+        node.update_proto()
+    assert [a.name for a in node._op.attribute] == ["value", "extra"]  # noqa: SLF001
