@@ -325,3 +325,27 @@ def test_tf2onnx_keeps_one_copy_of_a_weight_across_its_optimizer_passes():
     with attributes_rewritten_when_changed():
         node.update_proto()
     assert [a.name for a in node._op.attribute] == ["value", "extra"]  # noqa: SLF001
+
+
+def test_onnx_weights_take_the_full_int8_range_only_with_16_bit_activations(tmp_path):
+    """The 7-bit weight range guards ONNX Runtime's int8 kernels against saturation; 16-bit
+    activations run through float kernels, where it only doubled the weights' error (EfficientNetV2B0:
+    drift 0.054 against 0.023 with full-range weights)."""
+    from export.quantize import Int8Recipe, OnnxQuantizer
+
+    model, info, _ = _small_convnet()
+    images = np.random.default_rng(0).integers(0, 255, (16, 8, 8, 3), dtype=np.uint8)
+
+    def largest_weight(recipe: Int8Recipe) -> int:
+        (tmp_path / str(recipe.activation_bits)).mkdir()
+        proto = OnnxQuantizer(keras_to_onnx(model, info), tmp_path / str(recipe.activation_bits)).quantize(
+            images, info, recipe
+        )
+        weights = [
+            onnx.numpy_helper.to_array(i) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8
+        ]
+        assert weights
+        return max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+
+    assert largest_weight(Int8Recipe()) <= 64
+    assert largest_weight(Int8Recipe(activation_bits=16)) == 127

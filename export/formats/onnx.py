@@ -47,7 +47,7 @@ class OnnxFormat(Format):
             return {}
         return {
             "first_conv": "float",  # see export.quantize.OnnxQuantizer.first_conv
-            "weights": "int8 per channel, 7-bit range" if REDUCE_RANGE else "int8 per channel",
+            "weights": "int8 per channel, 7-bit range with 8-bit activations" if REDUCE_RANGE else "int8 per channel",
         }
 
     def checked_options(self, given: dict) -> dict:
