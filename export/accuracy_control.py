@@ -9,10 +9,11 @@ The loop NNCF's ``quantize_with_accuracy_control`` runs, for both formats and un
 2. **Calibration choices**, cheapest first: other methods (percentile, entropy), symmetric
    activations, a larger calibration sample.
 3. **Cross-layer equalization** (``export.equalize``), alone and with the best calibration.
-4. **16-bit activations** on the best candidate so far: int8 weights, int16 activations (the
-   16x8 scheme, see ``export.quantize``). The cure when the loss is spread over every activation
-   (squeeze-excite and hard-swish networks), where no handful of float ops helps: the file stays
-   small and integer-only, at a speed cost on runtimes without 16-bit kernels that the report shows.
+4. **16-bit activations** on the best candidate's model (equalized or not), with min-max ranges
+   (:func:`sixteen_bit`): int8 weights, int16 activations (the 16x8 scheme, see
+   ``export.quantize``). The cure when the loss is spread over every activation (squeeze-excite
+   and hard-swish networks), where no handful of float ops helps: the file stays small and
+   integer-only, at a speed cost on runtimes without 16-bit kernels that the report shows.
 5. **Float fallback** (on the best 8-bit candidate): keep the quantizer groups (a tensor's
    producer and consumers) with the worst error in float, one at a time, re-measuring after
    each; a group that does not help is put back. Stops when the gate would pass, at
@@ -290,7 +291,8 @@ def _search(
         chosen = next((t for t in tried if t.passes), None)
     if chosen is None and "activations" in remedies:
         base = _best(tried)
-        wide = trial(_on_top(base, tried, "16-bit activations"), replace(base.recipe, activation_bits=16))
+        recipe = sixteen_bit(base.recipe, plain)
+        wide = trial(("cross-layer equalization + " if recipe.equalize else "") + "16-bit activations", recipe)
         tried += [wide] if wide else []
         chosen = wide if wide and wide.passes else None
     if chosen is None and "fallback" in remedies:
@@ -299,6 +301,16 @@ def _search(
             worst = _worst_of(builder, name, base.recipe)
         chosen = _fallback(trial, base, worst, settings, size_limit, tried)
     return chosen
+
+
+def sixteen_bit(base: Int8Recipe, plain: Int8Recipe) -> Int8Recipe:
+    """16-bit activations on ``base``'s model (equalized or not) with min-max ranges, as LiteRT's
+    16x8 quantizer calibrates. The other calibrations trade range for resolution, which 65,536
+    levels do not need: percentile clips outliers, entropy fits 128 bins, symmetric halves the
+    levels. On the zoo's ResNet50V2, 16-bit activations on entropy's ranges kept 99.49% of the
+    confident answers (under the gate's 99.5%); EfficientNetB1 drifted 0.067 on percentile's ranges
+    and 0.057 on min-max ones."""
+    return replace(plain, method="minmax", symmetric=False, equalize=base.equalize, activation_bits=16)
 
 
 def _worst_of(builder: Builder, name: str, recipe: Int8Recipe) -> list[LayerError]:
