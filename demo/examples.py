@@ -61,10 +61,15 @@ def example_label(path: Path, labels: tuple[str, ...] | list[str]) -> str:
     raise ValueError(f"{path.name}: no label of {list(labels)} matches")
 
 
+def cached_examples(target: Path) -> list[Path]:
+    """The example files already written into ``target`` (one dataset's cache folder)."""
+    return sorted(target.glob("*.png"))
+
+
 def write_examples(name: str, data_dir: Path, folder: Path) -> list[Path]:
     """PNG files of one test image per class of ``name``, or none if the data is not there."""
     target = folder / name
-    existing = sorted(target.glob("*.png"))
+    existing = cached_examples(target)
     if existing:
         return existing
     spec = REGISTRY[name]
@@ -83,7 +88,7 @@ def write_examples(name: str, data_dir: Path, folder: Path) -> list[Path]:
         staging.rename(target)  # all files or none: a half-written folder never passes for the cache
     except OSError:  # another process got there first
         shutil.rmtree(staging, ignore_errors=True)
-    return sorted(target.glob("*.png"))
+    return cached_examples(target)
 
 
 def find_examples(data_dir: Path | None) -> dict[str, list[Path]]:
@@ -119,7 +124,7 @@ WRITER_TIMEOUT_S = 300.0
 def start_writing(data_dir: Path | None) -> subprocess.Popen | None:
     """Write the example files of every dataset in a child process (``python -m demo.examples``);
     None when there is no data directory or nothing left to write."""
-    if data_dir is None or all(any((examples_cache(data_dir) / name).glob("*.png")) for name in DATASETS):
+    if data_dir is None or all(cached_examples(examples_cache(data_dir) / name) for name in DATASETS):
         return None
     command = [sys.executable, "-m", "demo.examples", str(data_dir)]
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 
 import keras
@@ -286,7 +287,7 @@ def test_tf2onnx_optimizes_without_copying_the_graph_and_leaves_the_environment_
     monkeypatch.setenv("TF2ONNX_CATCH_ERRORS", "mine")
     proto = keras_to_onnx(model, info)
     assert seen == [False]
-    assert __import__("os").environ["TF2ONNX_CATCH_ERRORS"] == "mine"
+    assert os.environ["TF2ONNX_CATCH_ERRORS"] == "mine"
     np.testing.assert_allclose(_onnx_outputs(proto, images), np.asarray(model(images)), atol=1e-5)
 
 
