@@ -1,10 +1,13 @@
-"""The working memory of an artifact, measured by ``export.memory_probe`` in a fresh process.
+"""Memory: the working memory of an artifact, measured by ``export.memory_probe`` in a fresh
+process, and the export's own, handed back between artifacts.
 
 Apart from the probe so that the format registry can ask for the figure without importing the
 probe, which imports the registry."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +29,23 @@ def working_memory(format_name: str, path: Path) -> int | None:
         return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return None
+
+
+def release_freed_heap() -> bool:
+    """Hand the C heap's freed pages back to the operating system (glibc's ``malloc_trim``).
+
+    Converters and quantizers free gigabytes between artifacts, but glibc keeps freed heap pages
+    that sit below live ones, so the export's resident memory only grows, and each next conversion
+    peaks on top of the last one's leftovers: after converting ResNet50V2 to ONNX the process held
+    2.45 GB, 1.10 GB once trimmed. Calling this between artifacts and accuracy-control candidates
+    keeps the peak at that of the largest single step. False where the C library has no
+    ``malloc_trim`` (not glibc)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return False
+    trim(0)
+    return True

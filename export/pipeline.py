@@ -26,6 +26,7 @@ from export.formats import ARTIFACTS, FORMATS, QAT_ARTIFACTS, default_artifacts,
 from export.formats.base import ArtifactSpec
 from export.latency import batch1_latency_ms
 from export.macs import macs_per_image
+from export.memory import release_freed_heap
 from export.parity import CONFIDENT_MARGIN, DEFAULT_THRESHOLDS, DRIFT_PERCENTILE, ParityResult, Threshold, compare
 from export.publish import new_manifest_entry, output_folder, publish, still_valid_entries
 from export.quantize import Int8Recipe
@@ -164,7 +165,9 @@ class Builder:
         path = self.staging / spec.filename
         int8 = int8 or self.default_int8()
         info = self.info_for(spec, int8.describe() if int8 != self.default_int8() else None)
+        release_freed_heap()  # what the last artifact or candidate freed, before this one peaks
         format_of(spec).build(self, spec, int8, info, path)
+        release_freed_heap()
         return path
 
 
