@@ -166,19 +166,25 @@ class Trials:
         self.started = time.monotonic()
 
     def run(self, remedy: str, recipe: Int8Recipe) -> Trial | None:
-        """Build ``recipe`` and measure it; None (recorded as skipped) if it cannot be built."""
+        """Build ``recipe`` and measure it; None (recorded as skipped) if it cannot be built, or
+        built but not run by its runtime (LiteRT has no int16 SquaredDifference kernel for the 16x8
+        file of a LayerNormalization, which the converter writes all the same)."""
         started = time.monotonic()
+        validation = self.validation
+        step = "cannot be built"
         try:
             self.builder.build(self.name, recipe)
+            step = "its runtime cannot run it"
+            run = format_of(self.spec).predictor(self.path, self.builder.info_for(self.spec))
+            predictions = run(validation.images)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # a remedy that cannot apply to this graph: skipped, with its reason
-            log.warning("  %s: skipped (%s)", remedy, one_line(exc, 200))
-            self.skipped.append({"remedy": remedy, "reason": one_line(exc, 300)})
+            reason = f"{step}: {one_line(exc, 300)}"
+            log.warning("  %s: skipped (%s)", remedy, reason[:200])
+            self.skipped.append({"remedy": remedy, "reason": reason})
             return None
-        run = format_of(self.spec).predictor(self.path, self.builder.info_for(self.spec))
-        validation = self.validation
-        figures = measure(run(validation.images), validation.reference, validation.targets)
+        figures = measure(predictions, validation.reference, validation.targets)
         passes = not figures.failures(self.threshold)
         log.info(
             "  %s: validation accuracy %.2f%% (%+.2f pp), confident agreement %.2f%%: %s (%.0f s)",

@@ -266,24 +266,26 @@ def _gate_one(
 ) -> tuple[ParityResult, np.ndarray | None]:
     """Build one artifact and measure it on the full test split; repair a failing int8 one.
 
-    An artifact whose conversion fails is a failed artifact, not a failed run: the others are
-    still built, gated and published (its probabilities are None)."""
+    An artifact whose conversion fails, or which its runtime cannot run, is a failed artifact, not
+    a failed run: the others are still built, gated and published (its probabilities are None)."""
     spec = ARTIFACTS[name]
     source = builder.source
     started = time.perf_counter()
+    fmt, threshold = format_of(spec), config.thresholds[spec.precision]
+    step = "conversion failed"
     try:
         path = builder.build(name)
+        step = "its runtime cannot run it"  # converters write ops their interpreters lack kernels for
+        chosen = fmt.gate_indices(builder, spec, path, len(source.data.x_test))
+        qat_source = builder.qat_reference(test_pixels)[_all(chosen)] if spec.quantization == "qat" else None
+        result, probabilities = _measured(builder, spec, path, reference, chosen, threshold, qat_source)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:  # converters fail with their own exception types
-        reason = f"conversion failed: {conversion_reason(exc, builder.staging)}"
+    except Exception as exc:  # converters and interpreters fail with their own exception types
+        reason = f"{step}: {conversion_reason(exc, builder.staging)}"
         log.warning("%s: %s", spec.filename, reason)
         (builder.staging / spec.filename).unlink(missing_ok=True)
-        return unbuilt(name, spec, reason, config.thresholds[spec.precision]), None
-    fmt, threshold = format_of(spec), config.thresholds[spec.precision]
-    chosen = fmt.gate_indices(builder, spec, path, len(source.data.x_test))
-    qat_source = builder.qat_reference(test_pixels)[_all(chosen)] if spec.quantization == "qat" else None
-    result, probabilities = _measured(builder, spec, path, reference, chosen, threshold, qat_source)
+        return unbuilt(name, spec, reason, threshold), None
     if not result.passed and fmt.remedies(spec) and config.control.enabled:
         log.info("%s fails the gate (%s): trying remedies", spec.filename, "; ".join(result.failures))
         repaired = control_accuracy(builder, name, threshold, config.control, result)

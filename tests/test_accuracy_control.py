@@ -14,6 +14,7 @@ import pytest
 from export.__main__ import main
 from export.equalize import equalize, find_pairs
 from export.outlier_copy import add_outlier_channel
+from export.parity import DEFAULT_THRESHOLDS
 from tests.conftest import ROOT
 
 FORMATS = "onnx_fp32,onnx_int8,tflite_fp32,tflite_int8"
@@ -214,3 +215,49 @@ def test_16_bit_activations_keep_the_best_models_equalization_and_take_min_max_r
     best = Int8Recipe(method="entropy", symmetric=True, samples=2000, equalize=True)
     assert sixteen_bit(best, plain) == Int8Recipe(equalize=True, activation_bits=16)
     assert sixteen_bit(Int8Recipe(method="percentile"), plain) == Int8Recipe(activation_bits=16)
+
+
+def test_a_candidate_its_runtime_cannot_run_is_skipped_with_the_reason(tmp_path):
+    """LiteRT's converter writes a 16x8 file for LayerNormalization (ConvNeXt) whose int16
+    SquaredDifference LiteRT has no kernel for: the zoo's ConvNeXtTiny export ended in a traceback
+    there. The candidate is now skipped, named, and the search goes on."""
+    import time
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from export.accuracy_control import Trials
+    from export.formats import ARTIFACTS
+    from export.quantize import Int8Recipe, tflite_16x8
+    from runtime.metadata import ModelInfo
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.LayerNormalization()(keras.layers.Conv2D(8, 3, padding="same")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    info = ModelInfo(labels=("a", "b", "c"), height=8, width=8, channels=3, layout="NHWC")
+    images = np.random.default_rng(0).integers(0, 255, (16, 8, 8, 3), dtype=np.uint8)
+    reference = np.asarray(model.predict(images.astype(np.float32) / 255, verbose=0))
+    files = {True: tflite_16x8(model, images, info), False: keras_tflite(model)}  # by "16-bit?"
+
+    def build(name: str, recipe: Int8Recipe) -> None:
+        trials.path.write_bytes(files[recipe.activation_bits == 16])
+
+    trials = Trials.__new__(Trials)  # the real TFLite format and LiteRT, a stand-in builder
+    trials.builder = SimpleNamespace(build=build, info_for=lambda spec: info)
+    trials.name, trials.spec, trials.path = "tflite_int8", ARTIFACTS["tflite_int8"], tmp_path / "model.tflite"
+    trials.validation = SimpleNamespace(images=images, reference=reference, targets=reference.argmax(1))
+    trials.skipped, trials.started = [], time.monotonic()
+    trials.threshold = replace(DEFAULT_THRESHOLDS["int8"])
+
+    assert trials.run("16-bit activations", Int8Recipe(activation_bits=16)) is None
+    (skipped,) = trials.skipped
+    assert skipped["remedy"] == "16-bit activations"
+    assert skipped["reason"].startswith("its runtime cannot run it: ") and "SquaredDifference" in skipped["reason"]
+    assert trials.run("a file LiteRT runs", Int8Recipe()).figures.agreement == 1.0  # the same Trials, runnable
+
+
+def keras_tflite(model: keras.Model) -> bytes:
+    """``model`` as a float TFLite file."""
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()

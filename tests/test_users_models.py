@@ -374,3 +374,22 @@ def test_onnx_weights_take_the_full_int8_range_only_with_16_bit_activations(tmp_
 
     assert largest_weight(Int8Recipe()) <= 64
     assert largest_weight(Int8Recipe(activation_bits=16)) == 127
+
+
+def test_an_artifact_its_runtime_cannot_run_costs_only_itself(trained_models, small_data_dir, tmp_path, monkeypatch):
+    """A converter may write ops its interpreter has no kernel for (LiteRT: int16 SquaredDifference):
+    that artifact fails in one line, the others are gated and published."""
+    from export.formats.tflite import TFLiteFormat
+
+    def cannot_run(self, path, info, threads=None):
+        def run(images):
+            raise RuntimeError("SquaredDifference only supports FLOAT32 and INT32 now, got 7.Node number 6 failed")
+
+        return run
+
+    monkeypatch.setattr(TFLiteFormat, "predictor", cannot_run)
+    out = tmp_path / "out"
+    assert export_small(trained_models, small_data_dir, out, "--formats", "onnx_fp32,tflite_fp16") == 1
+    assert [e["path"] for e in json.loads((out / "manifest.json").read_text())["artifacts"]] == ["model_fp32.onnx"]
+    assert "its runtime cannot run it: SquaredDifference only supports" in (out / "parity.md").read_text()
+    assert not (out / "model_fp16.tflite").exists()
