@@ -171,16 +171,16 @@ class Trials:
         file of a LayerNormalization, which the converter writes all the same)."""
         started = time.monotonic()
         validation = self.validation
-        step = "cannot be built"
+        step = ""  # a build failure's reason is the converter's own line
         try:
             self.builder.build(self.name, recipe)
-            step = "its runtime cannot run it"
+            step = "its runtime cannot run it: "
             run = format_of(self.spec).predictor(self.path, self.builder.info_for(self.spec))
             predictions = run(validation.images)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # a remedy that cannot apply to this graph: skipped, with its reason
-            reason = f"{step}: {one_line(exc, 300)}"
+            reason = step + one_line(exc, 300)
             log.warning("  %s: skipped (%s)", remedy, reason[:200])
             self.skipped.append({"remedy": remedy, "reason": reason})
             return None
