@@ -82,6 +82,9 @@ class Builder(FormatBuilder, Protocol):
     def default_int8(self) -> Int8Recipe: ...
 
 
+CANNOT_RUN = "its runtime cannot run it"  # a file converters wrote with ops its interpreter lacks
+
+
 @dataclass(frozen=True)
 class ControlSettings:
     enabled: bool = True  # --no-accuracy-control turns it off
@@ -174,7 +177,7 @@ class Trials:
         step = ""  # a build failure's reason is the converter's own line
         try:
             self.builder.build(self.name, recipe)
-            step = "its runtime cannot run it: "
+            step = CANNOT_RUN + ": "
             run = format_of(self.spec).predictor(self.path, self.builder.info_for(self.spec))
             predictions = run(validation.images)
         except (KeyboardInterrupt, SystemExit):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -40,12 +41,18 @@ def release_freed_heap() -> bool:
     2.45 GB, 1.10 GB once trimmed. Calling this between artifacts and accuracy-control candidates
     keeps the peak at that of the largest single step. False where the C library has no
     ``malloc_trim`` (not glibc)."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
+    trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)
     return True
+
+
+@functools.cache
+def _malloc_trim():
+    """The C library's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None

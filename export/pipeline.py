@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-from export.accuracy_control import ControlSettings, control_accuracy, diagnose
+from export.accuracy_control import CANNOT_RUN, ControlSettings, control_accuracy, diagnose
 from export.equalize import NOTHING_TO_EQUALIZE, equalize
 from export.errors import ExportError
 from export.formats import ARTIFACTS, FORMATS, QAT_ARTIFACTS, default_artifacts, format_of, release_rank
@@ -275,7 +275,7 @@ def _gate_one(
     step = "conversion failed"
     try:
         path = builder.build(name)
-        step = "its runtime cannot run it"  # converters write ops their interpreters lack kernels for
+        step = CANNOT_RUN
         chosen = fmt.gate_indices(builder, spec, path, len(source.data.x_test))
         qat_source = builder.qat_reference(test_pixels)[_all(chosen)] if spec.quantization == "qat" else None
         result, probabilities = _measured(builder, spec, path, reference, chosen, threshold, qat_source)
