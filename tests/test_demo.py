@@ -448,11 +448,12 @@ def upload(base: str, name: str, data: bytes) -> int:
 def folder_bytes(folder: Path) -> int:
     """The bytes of the files in ``folder``, some of which the sweeper may delete meanwhile."""
     total = 0
-    for path in folder.rglob("*"):
-        try:
-            total += path.stat().st_size if path.is_file() else 0
-        except FileNotFoundError:
-            pass
+    for parent, _, names in os.walk(folder):  # os.walk skips a directory deleted while it walks; rglob raises
+        for name in names:
+            try:
+                total += os.stat(os.path.join(parent, name)).st_size
+            except FileNotFoundError:
+                pass
     return total
 
 
