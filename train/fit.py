@@ -114,6 +114,8 @@ RECIPES["edge_micro"] = replace(
 # CIFAR-10: as airbench, it trains on all 50,000 images, for 80 epochs within its 2-hour CPU budget,
 # with half airbench's weight decay, which was tuned for 10 epochs: 90.77% in 95 minutes here, against
 # 90.26% with airbench's (50 epochs on 45,000 images, the bias trick then inert: 89.40%).
+# edge_micro on CIFAR-10: 100 epochs on all 50,000 images, 85.26% in 41 minutes (25 s an epoch on the
+# AVX-512 machine); 48 epochs gave 84.93%, short of MLPerf Tiny's 85%.
 DATASET_CHANGES = {
     ("edge_airbench", "fashion_mnist"): {
         "epochs": 50,
@@ -121,7 +123,7 @@ DATASET_CHANGES = {
     },
     ("edge_airbench", "cifar10"): {"epochs": 80, "val_fraction": 0.0, "weight_decay": 0.0045},
     ("edge_micro", "fashion_mnist"): {"epochs": 50},
-    ("edge_micro", "cifar10"): {"epochs": 48, "val_fraction": 0.0, "weight_decay": 0.0045},
+    ("edge_micro", "cifar10"): {"epochs": 100, "val_fraction": 0.0, "weight_decay": 0.0045},
 }
 
 
