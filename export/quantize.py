@@ -218,7 +218,8 @@ def calibrated_tflite(model: keras.Model, calibration: np.ndarray, info: ModelIn
 def tflite_16x8(model: keras.Model, calibration: np.ndarray, info: ModelInfo) -> bytes:
     """TFLite with int8 weights and int16 activations, input and output (the "16x8" scheme); ops
     without 16x8 kernels stay float. The 16x8 quantizer calibrates by itself (it cannot take the
-    calibrated model :func:`tflite_int8` shares) and has no list of float ops."""
+    calibrated model :func:`tflite_int8` shares) and has no list of float ops. LayerNormalization
+    becomes an int16 op LiteRT cannot run unless :mod:`export.int16_kernels` rewrote it first."""
     import tensorflow as tf
 
     converter = _quantizing_converter(model, calibration, info)

@@ -71,7 +71,7 @@ TINY = {
 
 # The 16-bit remedy's own test is test_accuracy_control's; here it meets the graphs whose int8 needs it
 # most: hard-swish (which LiteRT's 16x8 quantizer keeps in float) and squeeze-excite, in a Sequential.
-SIXTEEN_BIT = ("MobileNetV3Small", "EfficientNet")
+SIXTEEN_BIT = ("MobileNetV3Small", "EfficientNet", "ConvNeXt")  # ConvNeXt: LayerNorm in int16 ops
 
 
 @pytest.fixture(scope="module")

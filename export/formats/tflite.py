@@ -40,11 +40,14 @@ class TFLiteFormat(Format):
 
     def build(self, builder: Builder, spec: ArtifactSpec, recipe: Int8Recipe, info: ModelInfo, path: Path) -> None:
         from export.android_metadata import with_metadata
+        from export.int16_kernels import with_int16_kernels
         from export.quantize import tflite_16x8, tflite_int8
         from export.tflite_export import keras_to_tflite
 
         if spec.post_training_int8 and recipe.activation_bits == 16:
-            data = tflite_16x8(builder.keras_model(recipe), builder.calibration_for(recipe.samples), info)
+            calibration = builder.calibration_for(recipe.samples)
+            model = with_int16_kernels(builder.keras_model(recipe), calibration, info)
+            data = tflite_16x8(model, calibration, info)
         elif spec.post_training_int8:
             data = tflite_int8(self.calibrated(builder, recipe, info), recipe.float_ops)
         else:
