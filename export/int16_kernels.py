@@ -18,6 +18,7 @@ import logging
 import keras
 import numpy as np
 
+from export.macs import nested_layers
 from runtime.metadata import ModelInfo
 from runtime.preprocess import normalize
 
@@ -70,7 +71,7 @@ def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
 
 
 def _rewritable_layers(model: keras.Model) -> int:
-    return sum(_rewritable(layer) for layer in model._flatten_layers(include_self=False))  # noqa: SLF001
+    return sum(map(_rewritable, nested_layers(model)))
 
 
 def with_int16_kernels(model: keras.Model, calibration: np.ndarray, info: ModelInfo) -> keras.Model:

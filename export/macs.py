@@ -14,10 +14,11 @@ from collections.abc import Iterator
 import keras
 
 
-def _layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+def nested_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer of ``model`` and of the models nested in it (not the models themselves)."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _layers(layer)
+            yield from nested_layers(layer)
         else:
             yield layer
 
@@ -44,4 +45,4 @@ def _layer_macs(layer: keras.layers.Layer) -> int:
 
 def macs_per_image(model: keras.Model) -> int:
     """The model's multiply-accumulates for one image (see the module docstring)."""
-    return int(sum(_layer_macs(layer) for layer in _layers(model)))
+    return int(sum(_layer_macs(layer) for layer in nested_layers(model)))

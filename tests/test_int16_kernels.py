@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from export.int16_kernels import MultiplyLayerNormalization, with_int16_kernels
+from export.macs import nested_layers
 from runtime.metadata import ModelInfo
 
 INFO = ModelInfo(labels=("a", "b", "c"), height=8, width=8, channels=3, layout="NHWC")
@@ -28,7 +29,7 @@ def layer_norm_model(**options) -> keras.Model:
 
 
 def layer_types(model: keras.Model) -> set[type]:
-    return {type(layer) for layer in model._flatten_layers(include_self=False)}
+    return {type(layer) for layer in nested_layers(model)}
 
 
 @pytest.mark.parametrize(
