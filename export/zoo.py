@@ -11,6 +11,9 @@ Each family's export runs in a child process of its own, so its crash or memory 
 its row, and the peak memory measured is that export's alone. Rows are kept under ``--work``
 (one JSON file per family); a rerun skips the families already measured unless ``--again``, and
 re-measures with the model trained before unless ``--retrain`` (or the family's definition changed).
+``--train-only`` trains and stops: run it where training is fast (a GPU, any Keras backend:
+``KERAS_BACKEND=jax`` needs no TensorFlow), copy ``--work`` to the exporting machine, and its run
+reuses those models; the report says where each was trained.
 """
 
 from __future__ import annotations
@@ -134,7 +137,24 @@ def train_briefly(name: str, data, train_images: int, epochs: int, path: Path) -
     model.fit(x, y, batch_size=128, epochs=epochs, verbose=2)
     seconds = time.monotonic() - started
     model.save(path)
-    return {"parameters": model.count_params(), "train_seconds": round(seconds), "train_images": len(x)}
+    figures = {"parameters": model.count_params(), "train_seconds": round(seconds), "train_images": len(x)}
+    return figures | {"trained_on": accelerator()}
+
+
+def accelerator() -> str:
+    """Where Keras trains (``NVIDIA H200, Keras on jax``): training seconds mean little without it."""
+    backend = keras.backend.backend()
+    device = "CPU"
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0].device_kind if jax.default_backend() == "gpu" else device
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        device = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else device
+    return f"{device}, Keras on {backend}"
 
 
 def export_child(argv: list[str], usage_file: Path) -> int:
@@ -178,10 +198,16 @@ def trained(name: str, args: argparse.Namespace, folder: Path) -> dict:
     return figures
 
 
-def run_family(name: str, args: argparse.Namespace) -> dict:
-    """Train (or reuse) and export one family; its row of the report."""
+def _folder(args: argparse.Namespace, name: str) -> Path:
+    """Where family ``name`` keeps its model, export and figures."""
     folder = args.work / _slug(name)
     folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def run_family(name: str, args: argparse.Namespace) -> dict:
+    """Train (or reuse) and export one family; its row of the report."""
+    folder = _folder(args, name)
     row = {"family": name, "side": max(SIDE, FAMILIES[name].base_side)} | trained(name, args, folder)
     out, usage = folder / "export", folder / "usage.json"
     argv = ["--model", str(folder / "model.keras"), "--dataset", "cifar10", "--pixel-range", "0,255"]
@@ -229,7 +255,10 @@ def _status(artifact: dict | None) -> str:
 
 
 def _training(row: dict) -> str:
-    return f"{row.get('epochs', '')} ep, {row.get('train_images', 0) // 1000}k img, {row.get('train_seconds', '')} s"
+    """Epochs, images and seconds, and the device where that was not this CPU."""
+    where = row.get("trained_on", "CPU")
+    seconds = f"{row.get('train_seconds', '')} s" + ("" if where.startswith("CPU") else f" on {where}")
+    return f"{row.get('epochs', '')} ep, {row.get('train_images', 0) // 1000}k img, {seconds}"
 
 
 def _number(value, fmt: str) -> str:
@@ -316,6 +345,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="train anew even where a model trained with the same family, epochs and images is kept in --work",
     )
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train (or keep) the families' models in --work and stop: for a faster machine; copy --work back",
+    )
     parser.add_argument("--export-child", type=Path, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
     args.rest = rest[1:] if rest[:1] == ["--"] else rest
@@ -331,6 +365,10 @@ def main(argv: list[str] | None = None, run: Callable[[str, argparse.Namespace],
     args = parse_args(argv)
     if args.export_child:
         return export_child(args.rest, args.export_child)
+    if args.train_only:
+        for name in args.families:
+            log.info("zoo: %s: %s", name, trained(name, args, _folder(args, name)))
+        return 0
     rows_dir = args.work / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
     for name in args.families:

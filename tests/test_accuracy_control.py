@@ -261,3 +261,45 @@ def keras_tflite(model: keras.Model) -> bytes:
     import tensorflow as tf
 
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+def _figures(confident_agreement: float):
+    from export.parity import Figures
+
+    return Figures(0.5, -1.0, 2.0, 0.9, confident_agreement, 1000, 0.3, 0.5, 10, 1000)
+
+
+@pytest.mark.parametrize("kept, sixteen_bit_passes", [(0.74, True), (0.74, False), (0.9, True)])
+def test_16_bit_activations_go_first_only_when_plain_int8_is_far_from_float(monkeypatch, kept, sixteen_bit_passes):
+    """EfficientNetB0 kept 74% of its confident answers in plain int8 and spent a minute on 8-bit
+    calibrations (at most 91%) before 16-bit activations passed. Far off, 16-bit goes first; if it
+    fails the usual search follows; nearer, the usual order (an 8-bit pass ships a faster file)."""
+    import time
+
+    from export.accuracy_control import ControlSettings, Trial, Trials, _sixteen_bit_first
+    from export.formats import ARTIFACTS
+    from export.quantize import Int8Recipe
+
+    trials = Trials.__new__(Trials)  # no builder needed: run() is replaced
+    trials.spec, trials.settings = ARTIFACTS["onnx_int8"], ControlSettings()
+    trials.skipped, trials.started = [], time.monotonic()
+    built = []
+
+    def run(self, remedy, recipe):
+        built.append(recipe)
+        return Trial(remedy, recipe, _figures(0.999), sixteen_bit_passes, 100, 1.0)
+
+    monkeypatch.setattr(Trials, "run", run)
+    plain = Trial("plain post-training int8", Int8Recipe(), _figures(kept), False, 100, 1.0)
+    tried = [plain]
+    chosen = _sixteen_bit_first(trials, tried)
+    if kept >= 0.8:
+        assert chosen is None and built == [] and tried == [plain]
+        return
+    assert built == [Int8Recipe(activation_bits=16)] and tried[1].remedy == "16-bit activations"
+    if sixteen_bit_passes:
+        assert chosen is tried[1]
+        assert trials.skipped[0]["remedy"] == "8-bit calibrations and equalization"
+        assert "kept 74.0% of the confident answers (under 80%)" in trials.skipped[0]["reason"]
+    else:
+        assert chosen is None and trials.skipped == []

@@ -139,13 +139,14 @@ def test_the_zoo_report_keeps_a_row_per_family_and_a_failing_family_costs_only_i
         artifact = {"passed": True, "failures": [], "delta_pp": -0.1, "drop_bound_pp": 0.4, "drift_p99": 0.05}
         artifact |= {"size_ratio": 0.3, "remedy": "none", "float_ops": []}
         artifacts = {"onnx_fp32": artifact, "tflite_fp32": artifact, "onnx_int8": artifact}
-        return {"family": name, "side": 64, "parameters": 1234, "float_accuracy": 0.5, "artifacts": artifacts}
+        trained = {"train_seconds": 87, "train_images": 20000, "trained_on": "NVIDIA H200, Keras on jax"}
+        return {"family": name, "side": 64, "parameters": 1234, "float_accuracy": 0.5, "artifacts": artifacts} | trained
 
     report = tmp_path / "zoo.md"
     argv = ["--families", "MobileNetV2,DenseNet121", "--work", str(tmp_path / "work"), "--report", str(report)]
     assert zoo_main(argv, run=run) == 0
     text = report.read_text()
-    assert "| MobileNetV2 (64 px) | 1,234 |" in text
+    assert "| MobileNetV2 (64 px) | 1,234 | 3 ep, 20k img, 87 s on NVIDIA H200, Keras on jax | 50.00 |" in text
     assert "| onnx_int8 | pass | -0.10 | 0.40 | 0.050 | 0.30 | 0 |" in text
     assert "| tflite_int8 | not built |" in text
     assert "(budget 300 s per int8 artifact)" in text and "Code: commit not recorded." not in text
@@ -153,20 +154,28 @@ def test_the_zoo_report_keeps_a_row_per_family_and_a_failing_family_costs_only_i
     assert zoo_main([*argv, "--families", "MobileNetV2"], run=None) == 0  # measured rows are kept, not re-run
 
 
-def test_a_model_trained_earlier_is_reused_unless_its_recipe_changed(tmp_path, monkeypatch):
+@pytest.fixture
+def trainings(monkeypatch) -> list[tuple[str, int]]:
+    """export.zoo's training replaced by one that records its calls and writes a stand-in model."""
+    import export.zoo as zoo
+
+    calls = []
+
+    def train(name, data, images, epochs, path):
+        calls.append((name, epochs))
+        path.write_bytes(b"a model")
+        return {"train_seconds": len(calls)}
+
+    monkeypatch.setattr(zoo, "train_briefly", train)
+    monkeypatch.setattr("train.datasets.load_dataset", lambda name, data_dir: None)
+    return calls
+
+
+def test_a_model_trained_earlier_is_reused_unless_its_recipe_changed(tmp_path, monkeypatch, trainings):
     import dataclasses
 
     import export.zoo as zoo
 
-    trainings = []
-
-    def train(name, data, images, epochs, path):
-        trainings.append((name, epochs))
-        path.write_bytes(b"a model")
-        return {"train_seconds": len(trainings)}
-
-    monkeypatch.setattr(zoo, "train_briefly", train)
-    monkeypatch.setattr("train.datasets.load_dataset", lambda name, data_dir: None)
     args = zoo.parse_args(["--work", str(tmp_path)])
     assert zoo.trained("MobileNetV2", args, tmp_path) == {"train_seconds": 1}
     assert zoo.trained("MobileNetV2", args, tmp_path) == {"train_seconds": 1}  # reused
@@ -177,3 +186,17 @@ def test_a_model_trained_earlier_is_reused_unless_its_recipe_changed(tmp_path, m
     args.retrain = True
     assert zoo.trained("MobileNetV2", args, tmp_path) == {"train_seconds": 4}
     assert trainings == [("MobileNetV2", 3), ("MobileNetV2", 4), ("MobileNetV2", 4), ("MobileNetV2", 4)]
+
+
+def test_train_only_trains_into_work_and_exports_nothing(tmp_path, trainings):
+    import export.zoo as zoo
+
+    def export(name, args):
+        raise AssertionError("--train-only exported")
+
+    argv = ["--train-only", "--families", "MobileNetV2,DenseNet121", "--work", str(tmp_path)]
+    assert zoo.main([*argv, "--report", str(tmp_path / "zoo.md")], run=export) == 0
+    assert trainings == [("MobileNetV2", 3), ("DenseNet121", 3)]
+    assert (tmp_path / "DenseNet121" / "model.keras").is_file() and not (tmp_path / "zoo.md").exists()
+    assert zoo.main(argv, run=export) == 0 and len(trainings) == 2  # the next run (here or elsewhere) reuses them
+    assert zoo.accelerator().endswith(f"Keras on {keras.backend.backend()}")
