@@ -35,7 +35,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.quantize import PixelReader
+from export.memory import images_within
+from export.quantize import PixelReader, float_activation_bytes
 from runtime.metadata import ModelInfo
 from runtime.preprocess import normalize
 
@@ -133,8 +134,9 @@ def _db(noise_ratio: float) -> float:
 
 def onnx_layer_errors(prepared: Path, int8_path: Path, images: np.ndarray, info: ModelInfo) -> list[LayerError]:
     """Per-tensor error of a QDQ model quantized from the float graph ``prepared``."""
-    activations = _onnx_activations(prepared, images[:DIAGNOSIS_SAMPLES], info)
     graph = onnx.load(prepared).graph
+    sample = images_within(float_activation_bytes(graph), DIAGNOSIS_SAMPLES)
+    activations = _onnx_activations(prepared, images[:sample], info)
     ops = [Op(node.name, node.op_type, tuple(node.input), tuple(node.output)) for node in graph.node]
     producers = {output: op for op in ops for output in op.outputs}
     quantized = onnx.load(int8_path).graph
@@ -185,7 +187,7 @@ def tflite_layer_errors(calibrated: bytes, quantized: bytes, images: np.ndarray,
         experimental_preserve_all_tensors=True,
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
-    batch = normalize(images[:DIAGNOSIS_SAMPLES], info)
+    batch = normalize(images[: images_within(_tflite_activation_bytes(float_model), DIAGNOSIS_SAMPLES)], info)
     entry = float_model.get_input_details()[0]
     float_model.resize_tensor_input(entry["index"], list(batch.shape))
     float_model.allocate_tensors()
@@ -219,6 +221,14 @@ def tflite_layer_errors(calibrated: bytes, quantized: bytes, images: np.ndarray,
             LayerError(tensor["name"], producer.kind, mean_db, worst_db, quantizer_group(ops, tensor["name"]))
         )
     return errors
+
+
+def _tflite_activation_bytes(interpreter) -> int:
+    """The bytes of one image's float op outputs (weights excluded), at the file's own batch of one."""
+    interpreter.allocate_tensors()
+    outputs = {index for op in interpreter._get_ops_details() for index in op["outputs"]}  # noqa: SLF001
+    details = interpreter.get_tensor_details()
+    return sum(4 * int(np.prod(t["shape"])) for t in details if t["index"] in outputs and t["dtype"] == np.float32)
 
 
 def short_name(name: str) -> str:

@@ -14,6 +14,11 @@ import sys
 from pathlib import Path
 
 PROBE_TIMEOUT_S = 120
+# What the export lets one step hold in a model's activations at once (ONNX Runtime's calibrator
+# holds every activation of every image it has run until it reduces them; the per-layer report
+# keeps every tensor of its sample). Xception at 71 px has 13.2 MiB of float activations per image:
+# 256 images of them took its export to 10.5 GB; EfficientNetB0's 2.6 MiB fit 200 images in this.
+ACTIVATION_BUDGET_BYTES = 512 * 2**20
 
 
 def working_memory(format_name: str, path: Path) -> int | None:
@@ -30,6 +35,12 @@ def working_memory(format_name: str, path: Path) -> int | None:
         return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return None
+
+
+def images_within(bytes_per_image: int, most: int) -> int:
+    """How many images' activations (``bytes_per_image`` each) fit the activation budget: at least
+    one, at most ``most``."""
+    return max(1, min(most, ACTIVATION_BUDGET_BYTES // max(bytes_per_image, 1)))
 
 
 def release_freed_heap() -> bool:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
+from export.memory import images_within
 from export.onnx_export import INPUT_NAME, set_metadata, shorten_added_names
 from runtime.metadata import ModelInfo
 from runtime.native_logs import native_notices_filtered
@@ -66,7 +68,7 @@ CALIBRATION_METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 MAX_CALIBRATION_BATCH = 64
-CALIBRATION_STRIDE_IMAGES = 256  # images whose activations ONNX Runtime's calibrator holds at once
+CALIBRATION_STRIDE_IMAGES = 256  # images whose activations ONNX Runtime's calibrator holds at once, at most
 REDUCE_RANGE = True  # 7-bit weights: see the module docstring (8-bit sums saturate on x86 without VNNI)
 
 
@@ -112,11 +114,11 @@ class PixelReader(CalibrationDataReader):
     """Feeds calibration images through the runtime's own normalization, in equal batches, a
     stride of batches at a time (see :func:`calibration_stride`)."""
 
-    def __init__(self, pixels: np.ndarray, info: ModelInfo) -> None:
+    def __init__(self, pixels: np.ndarray, info: ModelInfo, stride_images: int = CALIBRATION_STRIDE_IMAGES) -> None:
         size = calibration_batch_size(len(pixels))
         self._batches = [pixels[i : i + size] for i in range(0, len(pixels), size)]
         self._info = info
-        self.stride = calibration_stride(len(self._batches), size)
+        self.stride = calibration_stride(len(self._batches), size, stride_images)
         self._progress = tqdm(total=len(self._batches), desc="calibrating", unit=" batch", leave=False)
         self.set_range(0, len(self._batches))
 
@@ -140,8 +142,25 @@ def calibration_stride(batches: int, batch_size: int, images: int = CALIBRATION_
 
     It keeps every activation of every image it has run until it reduces them: percentile
     calibration of the zoo's EfficientNetB0 peaked at 3.1 GB for 1,000 images in one pass. A stride of about ``images``
-    images bounds that (it must divide the number of batches)."""
+    images bounds that (it must divide the number of batches); :func:`stride_images` sizes it to the model."""
     return max(d for d in range(1, batches + 1) if batches % d == 0 and d * batch_size <= max(images, batch_size))
+
+
+def float_activation_bytes(graph: onnx.GraphProto) -> int:
+    """The bytes of one image's float intermediate tensors (those with known shapes past the batch axis)."""
+    total = 0
+    for info in graph.value_info:
+        tensor = info.type.tensor_type
+        dims = [d.dim_value for d in tensor.shape.dim][1:]
+        if tensor.elem_type == onnx.TensorProto.FLOAT and dims and all(dims):
+            total += 4 * math.prod(dims)
+    return total
+
+
+def stride_images(graph: onnx.GraphProto) -> int:
+    """Images per calibration stride for this graph: up to ``CALIBRATION_STRIDE_IMAGES``, fewer where
+    their activations would not fit the export's activation budget (Xception at 71 px: 38)."""
+    return images_within(float_activation_bytes(graph), CALIBRATION_STRIDE_IMAGES)
 
 
 class OnnxQuantizer:
@@ -155,6 +174,7 @@ class OnnxQuantizer:
             onnx.save(fp32, source)
             quant_pre_process(str(source), str(self.prepared), skip_symbolic_shape=False)
         self.float_first_conv = self.first_conv()
+        self.stride_images = stride_images(onnx.load(self.prepared).graph)
 
     def first_conv(self) -> str | None:
         """The first convolution, if it reads the image itself (at most 3 input channels).
@@ -176,7 +196,7 @@ class OnnxQuantizer:
             raise ValueError(f"float ops not in this graph: {', '.join(sorted(unknown)[:3])}")
         cache = self.workdir / f"{self.prepared.stem}-{recipe.method}-{recipe.symmetric}-{len(calibration)}.json"
         output = self.workdir / f"{self.prepared.stem}-int8.onnx"
-        reader = PixelReader(calibration, info)
+        reader = PixelReader(calibration, info, self.stride_images)
         quantize_static(
             str(self.prepared),
             str(output),

@@ -277,8 +277,35 @@ def test_calibration_runs_in_strides_and_keeps_the_ranges(fp32_model, tmp_path, 
     (tmp_path / "strided").mkdir(), (tmp_path / "whole").mkdir()
     strided = scales("strided")
     assert chunks[1:] == [5, 5] and len(strided) > 3  # 500 images: 10 batches of 50, 250 images at a time
-    monkeypatch.setattr(export.quantize, "calibration_stride", lambda batches, size: batches)
+    monkeypatch.setattr(export.quantize, "calibration_stride", lambda batches, size, images: batches)
     assert scales("whole") == strided
+
+
+def test_calibration_strides_and_diagnosis_samples_fit_the_activation_budget():
+    """Xception at 71 px holds 13.8 MB of float activations per image: 256 of them at once took its
+    export to 10.5 GB. Strides and the per-layer report's sample shrink to the budget; small models
+    keep their 256 images."""
+    from onnx import TensorProto, helper
+
+    from export.memory import ACTIVATION_BUDGET_BYTES, images_within
+    from export.quantize import float_activation_bytes, stride_images
+
+    assert images_within(13_829_596, 256) == 38 and images_within(2_683_320, 256) == 200
+    assert images_within(1000, 256) == 256 and images_within(2 * ACTIVATION_BUDGET_BYTES, 256) == 1
+
+    def graph(side: int) -> onnx.GraphProto:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", side, side, 3])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", side, side, 3])
+        hidden = [
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", side, side, 3]),  # counted
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [4]),  # not a float activation
+            helper.make_tensor_value_info("dynamic", TensorProto.FLOAT, ["N", "H", side, 3]),  # size unknown
+        ]
+        nodes = [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+        return helper.make_graph(nodes, "g", [x], [y], value_info=hidden)
+
+    assert float_activation_bytes(graph(8)) == 4 * 8 * 8 * 3
+    assert stride_images(graph(8)) == 256 and stride_images(graph(2048)) == 10  # 48 MiB per image
 
 
 def test_names_the_quantizer_adds_are_short_and_nothing_else_changes(fp32_model, tmp_path, monkeypatch):
