@@ -18,7 +18,7 @@ from runtime.artifacts import default_models_dir
 from runtime.cli import EXIT_FAILED, EXIT_OK, run_command
 from train.quiet_tensorflow import import_tensorflow_quietly  # noqa: E402
 
-import_tensorflow_quietly()
+import_tensorflow_quietly(onednn=False)
 
 from export.accuracy_control import REMEDIES, ControlSettings  # noqa: E402
 from export.api import ExportReport, export_model, export_release  # noqa: E402

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from train.quiet_tensorflow import import_tensorflow_quietly
 
-import_tensorflow_quietly()
+import_tensorflow_quietly(onednn=False)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.quiet_tensorflow import import_tensorflow_quietly
+from train.quiet_tensorflow import ONEDNN_ENV, import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
@@ -215,7 +216,8 @@ def run_family(name: str, args: argparse.Namespace) -> dict:
     argv += ["--control-budget", str(args.control_budget)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     started = time.monotonic()
     child = [sys.executable, "-m", "export.zoo", "--export-child", str(usage), "--", *argv]
-    code = subprocess.run(child, check=False).returncode
+    inference_only = os.environ | {ONEDNN_ENV: os.environ.get(ONEDNN_ENV, "0")}  # as python -m export has it
+    code = subprocess.run(child, check=False, env=inference_only).returncode
     row |= {"export_seconds": round(time.monotonic() - started), "exit": code}
     row |= json.loads(usage.read_text()) if usage.is_file() else {}
     return row | _gate_figures(out)
