@@ -308,6 +308,31 @@ def test_calibration_strides_and_diagnosis_samples_fit_the_activation_budget():
     assert stride_images(graph(8)) == 256 and stride_images(graph(2048)) == 10  # 48 MiB per image
 
 
+def test_keras_passes_are_batched_to_the_activation_budget():
+    """Eager Keras inference holds a batch's activations at once (Xception at 71 px: 4.9 GB for 256
+    images): the float reference and equalization take batches sized from the layers' outputs,
+    nested models' layers counted."""
+    import keras
+
+    from export.memory import ACTIVATION_BUDGET_BYTES
+    from export.source import activation_bytes, inference_batch
+
+    def model(side: int) -> keras.Model:
+        inner = keras.Sequential([keras.Input((side, side, 3)), keras.layers.Conv2D(8, 3, padding="same")])
+        inputs = keras.Input((side, side, 3))
+        outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inner(inputs)))
+        return keras.Model(inputs, outputs)
+
+    small = model(8)
+    # the input, the nested conv's 8 channels, the pooled 8 and the 2 scores, in float32
+    assert activation_bytes(small) == 4 * (8 * 8 * 3 + 8 * 8 * 8 + 8 + 2)
+    assert inference_batch(small) == 256
+    large = model(1024)
+    per_image = activation_bytes(large)
+    assert per_image > 4 * 1024 * 1024 * 8
+    assert inference_batch(large) == ACTIVATION_BUDGET_BYTES // per_image < 16
+
+
 def test_names_the_quantizer_adds_are_short_and_nothing_else_changes(fp32_model, tmp_path, monkeypatch):
     import onnxruntime as ort
 
