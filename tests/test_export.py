@@ -308,6 +308,25 @@ def test_calibration_strides_and_diagnosis_samples_fit_the_activation_budget():
     assert stride_images(graph(8)) == 256 and stride_images(graph(2048)) == 10  # 48 MiB per image
 
 
+@pytest.mark.parametrize(
+    ("module", "user_value", "onednn"),
+    [("export.api", None, False), ("export.api", "1", True), ("train.__main__", None, True)],
+)
+def test_export_runs_tensorflow_without_onednn_and_training_with_it(module, user_value, onednn):
+    """oneDNN keeps buffers for every batch shape it ran (730 MB after ResNet50V2's float reference)
+    and infers no faster here, so export turns it off unless the user chose; training keeps it."""
+    import os
+    import subprocess
+    import sys
+
+    from train.quiet_tensorflow import ONEDNN_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != ONEDNN_ENV} | ({ONEDNN_ENV: user_value} if user_value else {})
+    probe = f"import {module}; from tensorflow.python.util import _pywrap_util_port as p; print(p.IsMklEnabled())"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip().splitlines()[-1] == str(onednn)
+
+
 def test_keras_passes_are_batched_to_the_activation_budget():
     """Eager Keras inference holds a batch's activations at once (Xception at 71 px: 4.9 GB for 256
     images): the float reference and equalization take batches sized from the layers' outputs,
