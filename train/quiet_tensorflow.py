@@ -31,4 +31,9 @@ def import_tensorflow_quietly(onednn: bool = True) -> None:
     if importlib.util.find_spec("tensorflow") is None:
         return
     with native_notices_filtered():
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+        # Probe the devices now, inside the filter: without oneDNN TensorFlow leaves its CUDA probe
+        # ("failed call to cuInit" on a machine without a GPU) to the first operation, whose notice
+        # would then reach the terminal beside a command's one-line error.
+        tensorflow.config.list_physical_devices()
