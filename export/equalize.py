@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from export.source import inference_batch
+from export.source import inference_batches
 
 log = logging.getLogger(__name__)
 
@@ -192,14 +192,9 @@ def equalize(model: keras.Model, inputs: np.ndarray) -> tuple[keras.Model, list[
 
 
 def _outputs(model: keras.Model, inputs: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(model(batch, training=False)) for batch in _batches(model, inputs)])
-
-
-def _batches(model: keras.Model, inputs: np.ndarray) -> list[np.ndarray]:
-    """``inputs`` in batches sized to the activation budget: checking ResNet50V2's 1,000 calibration
-    images in one pass took 3.1 GB at once, the peak of its whole export."""
-    size = inference_batch(model)
-    return [inputs[start : start + size] for start in range(0, len(inputs), size)]
+    """The model's outputs in batches sized to the activation budget: checking ResNet50V2's 1,000
+    calibration images in one pass took 3.1 GB at once, the peak of its whole export."""
+    return np.concatenate([np.asarray(model(batch, training=False)) for batch in inference_batches(model, inputs)])
 
 
 def _activation_ranges(model: keras.Model, pairs: list[Pair], inputs: np.ndarray) -> list[np.ndarray]:
@@ -224,7 +219,7 @@ def _activation_ranges(model: keras.Model, pairs: list[Pair], inputs: np.ndarray
     for layer in hooked.values():
         object.__setattr__(layer, "call", recording(layer, layer.call))
     try:
-        for batch in _batches(model, inputs):
+        for batch in inference_batches(model, inputs):
             model(batch, training=False)
     finally:
         for layer in hooked.values():

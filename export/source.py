@@ -136,8 +136,7 @@ class Source:
         """The float model's probabilities (or ``model``'s): the reference every artifact is
         measured against."""
         model = model or self.model
-        batch_size = inference_batch(model)
-        batches = [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)]
+        batches = inference_batches(model, pixels)
         return np.concatenate(
             [
                 np.asarray(model(self.inputs(b), training=False))
@@ -170,6 +169,12 @@ def inference_batch(model: keras.Model, most: int = 256) -> int:
     the export's activation budget (Xception at 71 px: 35 images, 0.7 GB at once; 256 also ran
     2.2x slower than 64 there, 21.9 s against 10.0 s for 1,024 images)."""
     return images_within(activation_bytes(model), most)
+
+
+def inference_batches(model: keras.Model, images: np.ndarray) -> list[np.ndarray]:
+    """``images`` in the batches :func:`inference_batch` sizes for ``model`` (views, not copies)."""
+    size = inference_batch(model)
+    return [images[start : start + size] for start in range(0, len(images), size)]
 
 
 def import_user_module(path: Path) -> None:
