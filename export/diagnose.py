@@ -178,22 +178,13 @@ def _onnx_activations(model: Path, images: np.ndarray, info: ModelInfo) -> dict[
 
 def tflite_layer_errors(calibrated: bytes, quantized: bytes, images: np.ndarray, info: ModelInfo) -> list[LayerError]:
     """Per-tensor error of a full-integer TFLite model quantized from the float model ``calibrated``."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from ai_edge_litert.interpreter import Interpreter
 
-    # Without XNNPACK, every op stays a graph node with its own kind and outputs (a delegate would
-    # swallow them into DELEGATE nodes), which the quantizer groups and the report need.
-    float_model = Interpreter(
-        model_content=calibrated,
-        experimental_preserve_all_tensors=True,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    batch = normalize(images[: images_within(_tflite_activation_bytes(float_model), DIAGNOSIS_SAMPLES)], info)
-    entry = float_model.get_input_details()[0]
-    float_model.resize_tensor_input(entry["index"], list(batch.shape))
-    float_model.allocate_tensors()
-    float_model.set_tensor(entry["index"], batch)
-    float_model.invoke()
-    names = {t["name"]: t["index"] for t in float_model.get_tensor_details()}
+    from export.litert import FloatTensors
+
+    float_model = FloatTensors(calibrated)
+    float_model.run(normalize(images[: images_within(float_model.bytes_per_image, DIAGNOSIS_SAMPLES)], info))
+    names = float_model.indices
     index_names = {index: name for name, index in names.items()}
     ops = [  # named by their first output tensor, as denylisted_nodes wants them
         Op(
@@ -202,7 +193,7 @@ def tflite_layer_errors(calibrated: bytes, quantized: bytes, images: np.ndarray,
             tuple(index_names.get(i, "") for i in op["inputs"]),
             tuple(index_names[o] for o in op["outputs"]),
         )
-        for op in float_model._get_ops_details()  # noqa: SLF001 (the graph's structure; TF's own debugger reads it so)
+        for op in float_model.ops
     ]
     producers = {output: op for op in ops for output in op.outputs}
     errors = []
@@ -213,7 +204,7 @@ def tflite_layer_errors(calibrated: bytes, quantized: bytes, images: np.ndarray,
         producer = producers.get(tensor["name"])
         if producer is None:  # the model's input
             continue
-        values = float_model.get_tensor(names[tensor["name"]])
+        values = float_model.tensor(tensor["name"])
         mean_db, worst_db = quantizer_error(
             values, float(parameters["scales"][0]), int(parameters["zero_points"][0]), tensor["dtype"], -1
         )
@@ -221,14 +212,6 @@ def tflite_layer_errors(calibrated: bytes, quantized: bytes, images: np.ndarray,
             LayerError(tensor["name"], producer.kind, mean_db, worst_db, quantizer_group(ops, tensor["name"]))
         )
     return errors
-
-
-def _tflite_activation_bytes(interpreter) -> int:
-    """The bytes of one image's float op outputs (weights excluded), at the file's own batch of one."""
-    interpreter.allocate_tensors()
-    outputs = {index for op in interpreter._get_ops_details() for index in op["outputs"]}  # noqa: SLF001
-    details = interpreter.get_tensor_details()
-    return sum(4 * int(np.prod(t["shape"])) for t in details if t["index"] in outputs and t["dtype"] == np.float32)
 
 
 def short_name(name: str) -> str:

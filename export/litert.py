@@ -72,3 +72,40 @@ class LiteRTModel:
         self.interpreter.set_tensor(self._input["index"], inputs)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._output["index"])
+
+
+class FloatTensors:
+    """A float TFLite model run with every intermediate tensor kept, to read activations by name.
+
+    Without XNNPACK, every op stays a graph node with its own kind and outputs (a delegate would
+    swallow them into DELEGATE nodes), which the per-layer report and percentile ranges need.
+    """
+
+    def __init__(self, content: bytes) -> None:
+        with native_notices_filtered():
+            self.interpreter = Interpreter(
+                model_content=content,
+                experimental_preserve_all_tensors=True,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            )
+        self.interpreter.allocate_tensors()
+        self.indices = {t["name"]: t["index"] for t in self.interpreter.get_tensor_details()}
+        self.ops = self.interpreter._get_ops_details()  # noqa: SLF001 (the graph's structure; TF's own debugger reads it so)
+        self.bytes_per_image = self._op_output_bytes()
+
+    def _op_output_bytes(self) -> int:
+        """The bytes of one image's float op outputs (weights excluded), at the file's batch of one."""
+        outputs = {index for op in self.ops for index in op["outputs"]}
+        details = self.interpreter.get_tensor_details()
+        return sum(4 * int(np.prod(t["shape"])) for t in details if t["index"] in outputs and t["dtype"] == np.float32)
+
+    def run(self, inputs: np.ndarray) -> None:
+        """Run one batch of (normalized) input tensors; :meth:`tensor` then reads any tensor of it."""
+        entry = self.interpreter.get_input_details()[0]
+        self.interpreter.resize_tensor_input(entry["index"], list(inputs.shape))
+        self.interpreter.allocate_tensors()
+        self.interpreter.set_tensor(entry["index"], inputs)
+        self.interpreter.invoke()
+
+    def tensor(self, name: str) -> np.ndarray:
+        return self.interpreter.get_tensor(self.indices[name])

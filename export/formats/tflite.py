@@ -9,6 +9,7 @@ Converters and runtimes are imported where they are used (see ``export.formats.b
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,14 +66,27 @@ class TFLiteFormat(Format):
             "parity figures in the release's manifest.json and parity.md."
         )
 
-    def calibrated(self, builder: Builder, recipe: Int8Recipe, info: ModelInfo) -> bytes:
-        """The float model carrying calibration statistics, calibrated once per graph and sample."""
-        from export.quantize import calibrated_tflite
+    def calibration_choices(self, plain: Int8Recipe) -> list[tuple[str, Int8Recipe]]:
+        if plain.method == "percentile":
+            return []
+        return [("percentile calibration", replace(plain, method="percentile"))]
 
-        cache, key = builder.cache(self.name), ("calibrated", recipe.equalize, recipe.samples)
+    def calibrated(self, builder: Builder, recipe: Int8Recipe, info: ModelInfo) -> bytes:
+        """The float model carrying calibration statistics, calibrated once per graph and sample:
+        min-max ranges, clipped at a percentile for ``method="percentile"``
+        (``export.tflite_percentile``; TFLite has no other method, entropy gets min-max)."""
+        from export.quantize import calibrated_tflite
+        from export.tflite_percentile import percentile_calibrated
+
+        percentile = recipe.method == "percentile"
+        cache, key = builder.cache(self.name), ("calibrated", recipe.equalize, recipe.samples, percentile)
         if key not in cache:
             images = builder.calibration_for(recipe.samples)
-            cache[key] = calibrated_tflite(builder.keras_model(recipe), images, info)
+            if percentile:
+                minmax = self.calibrated(builder, replace(recipe, method="minmax"), info)
+                cache[key] = percentile_calibrated(minmax, images, info)
+            else:
+                cache[key] = calibrated_tflite(builder.keras_model(recipe), images, info)
         return cache[key]
 
     def predictor(self, path: Path, info: ModelInfo, threads: int | None = None) -> Predict:
