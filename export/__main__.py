@@ -141,7 +141,8 @@ def _add_quantization_options(parser: argparse.ArgumentParser) -> None:
         "--calibration-method",
         choices=tuple(CALIBRATION_METHODS),
         default="minmax",
-        help="ONNX Runtime calibration method for the int8 ONNX model (default: minmax)",
+        help="calibration method of the int8 artifacts: minmax, percentile (both formats: ranges clipped at the "
+        "99.999th percentile), entropy (ONNX; TFLite keeps min-max) (default: minmax)",
     )
     parser.add_argument(
         "--thresholds",

@@ -21,8 +21,9 @@ change:
   :meth:`OnnxQuantizer.first_conv`).
 * TFLite: the converter calibrates once (``_experimental_calibrate_only``, as its own
   quantization debugger does) and ``mlir_quantize`` quantizes with uint8 input and output;
-  float ops are ``denylisted_nodes`` (output tensor names). The TFLite calibrator only knows
-  min/max, so method and symmetry apply to ONNX alone.
+  float ops are ``denylisted_nodes`` (output tensor names). The TFLite calibrator only records
+  min/max; percentile calibration clips those ranges afterwards (``export.tflite_percentile``),
+  entropy and symmetric activations apply to ONNX alone.
 
 16-bit activations (int8 weights, int16 activations: TFLite's "16x8" scheme, ONNX Runtime's
 uint16 QDQ) are the remedy for networks whose loss is spread over every activation rather than

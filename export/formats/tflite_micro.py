@@ -108,6 +108,9 @@ class TFLiteMicroFormat(Format):
     def remedies(self, spec: ArtifactSpec) -> tuple[str, ...]:
         return ("calibration", "equalization")
 
+    def calibration_choices(self, plain: Int8Recipe) -> list[tuple[str, Int8Recipe]]:
+        return TFLITE.calibration_choices(plain)  # the same calibrated model
+
     def build(self, builder: Builder, spec: ArtifactSpec, recipe: Int8Recipe, info: ModelInfo, path: Path) -> None:
         from export.micro import check_kernels, stripped
 
