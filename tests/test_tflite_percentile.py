@@ -81,7 +81,10 @@ def test_the_int8_model_gets_finer_steps_and_still_computes_the_model(calibrated
 
     model, images, spec = conv_model(), calibration_images(), ARTIFACTS["tflite_int8"]
     fmt, store = format_of(spec), {}
-    assert [name for name, _ in fmt.calibration_choices(Int8Recipe())] == ["percentile calibration"]
+    for name in ("tflite_int8", "tflite_micro_int8"):  # accuracy control offers it to both
+        choices = format_of(ARTIFACTS[name]).calibration_choices(Int8Recipe())
+        assert [(remedy, recipe.method) for remedy, recipe in choices] == [("percentile calibration", "percentile")]
+    assert fmt.calibration_choices(Int8Recipe(method="percentile")) == []  # already the export's method
     builder = SimpleNamespace(
         keras_model=lambda recipe: model, calibration_for=lambda samples: images, cache=lambda name: store
     )
