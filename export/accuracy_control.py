@@ -36,8 +36,11 @@ skipped, its reason logged and recorded in the report; it never ends the export.
 
 Every candidate is measured against the float model on a validation sample of *training* images
 that the calibration sample does not contain, with the same gate rule; the test split is left
-alone until the chosen artifact faces the normal gate on it. A run whose int8 artifacts pass
-plainly never gets here and pays nothing for it.
+alone until the chosen artifact faces the normal gate on it. Where plain int8 would pass on that
+sample yet failed on the test split, the sample's noise is deciding, and candidates must then also
+be close enough to the float model to pass the test split reliably
+(:meth:`Trials.demand_reliable_passes`). A run whose int8 artifacts pass plainly never gets here and
+pays nothing for it.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from export.diagnose import LayerError, short_name, worst_first
 from export.formats import ARTIFACTS, format_of, fp32_of
 from export.formats.base import ArtifactSpec
 from export.formats.base import Builder as FormatBuilder
-from export.parity import Figures, ParityResult, Threshold, measure
+from export.parity import Figures, ParityResult, Threshold, measure, reliable_discordance
 from export.quantize import Int8Recipe
 from export.sampling import validation_indices
 from runtime.text import one_line
@@ -177,6 +180,27 @@ class Trials:
         self.validation = Validation(builder, settings.validation_samples)
         self.skipped: list[dict] = []
         self.started = time.monotonic()
+        self.most_discordant = 1.0  # share of images right in only one model a passing candidate may have
+
+    def demand_reliable_passes(self, plain: Trial, failed: ParityResult) -> None:
+        """Plain int8 would pass on the validation sample but failed on the test split: for this
+        model the sample's noise decides its verdict (on the zoo's MobileNetV3Small minimalistic,
+        plain int8 gained 0.63 pp on it and lost 0.31 pp on the test split; an entropy calibration
+        chosen for a 0.30 pp gain then lost 0.19 pp). From here a candidate passes only if, beyond
+        the validation sample's gate, it differs from the float model on few enough images that,
+        losing no accuracy, it would pass the test split's drop check 95% of the time
+        (``export.parity.reliable_discordance``): closer to float, not luckier."""
+        self.most_discordant = reliable_discordance(failed.images, self.threshold.max_drop_pp)
+        plain.passes = plain.passes and self.reliable(plain.figures)
+        log.info(
+            "  plain int8 would pass on the validation sample but failed on the test split: candidates must now "
+            "differ from the float model on at most %.1f%% of the images (plain int8: %.1f%%)",
+            100 * self.most_discordant,
+            100 * plain.figures.discordant / plain.figures.images,
+        )
+
+    def reliable(self, figures: Figures) -> bool:
+        return figures.discordant <= self.most_discordant * figures.images
 
     def run(self, remedy: str, recipe: Int8Recipe) -> Trial | None:
         """Build ``recipe`` and measure it; None (recorded as skipped) if it cannot be built, or
@@ -198,7 +222,7 @@ class Trials:
             self.skipped.append({"remedy": remedy, "reason": reason})
             return None
         figures = measure(predictions, validation.reference, validation.targets)
-        passes = not figures.failures(self.threshold)
+        passes = not figures.failures(self.threshold) and self.reliable(figures)
         log.info(
             "  %s: validation accuracy %.2f%% (%+.2f pp), confident agreement %.2f%%: %s (%.0f s)",
             remedy,
@@ -235,6 +259,8 @@ def control_accuracy(
     errors = _diagnosed(builder, name, trials.path, plain)
     worst = worst_first(errors)
     tried = [trials.run("plain post-training int8", plain)]
+    if tried[0].passes:
+        trials.demand_reliable_passes(tried[0], failed)
     size_limit = _size_limit(builder, trials.spec, settings, tried[0].bytes)
     try:
         chosen = _sixteen_bit_first(trials, tried) or _search(
@@ -261,6 +287,7 @@ def control_accuracy(
         },
         "failures_before": list(failed.failures),
         "validation_images": len(trials.validation.images),
+        **({"most_discordant": trials.most_discordant} if trials.most_discordant < 1 else {}),
         "layer_errors": [e.as_dict() for e in errors],
     }
 

@@ -303,3 +303,32 @@ def test_16_bit_activations_go_first_only_when_plain_int8_is_far_from_float(monk
         assert "kept 74.0% of the confident answers (under 80%)" in trials.skipped[0]["reason"]
     else:
         assert chosen is None and trials.skipped == []
+
+
+def test_when_validation_and_test_split_disagree_on_plain_int8_candidates_must_be_closer_to_float():
+    """The zoo's MobileNetV3Small minimalistic: plain int8 would pass on the validation sample
+    (a lucky gain) yet failed on the test split, and the first calibration that also looked lucky
+    was chosen and failed too. Then plain int8 no longer counts as passing, and a candidate must
+    differ from the float model on few enough images to pass the test split reliably."""
+    from types import SimpleNamespace
+
+    from export.accuracy_control import Trial, Trials
+    from export.parity import DEFAULT_THRESHOLDS, Figures, reliable_discordance
+    from export.quantize import Int8Recipe
+
+    def figures(discordant: int, delta_pp: float) -> Figures:
+        return Figures(0.4, delta_pp, 0.4, 0.9, 0.999, 500, 0.1, 0.3, discordant, 3000)
+
+    trials = Trials.__new__(Trials)  # no builder needed: only the verdicts are tested
+    trials.threshold, trials.most_discordant = DEFAULT_THRESHOLDS["int8"], 1.0
+    lucky = figures(150, +0.63)  # 5% of the images differ; a gain by chance
+    close = figures(45, -0.10)  # 1.5%: the kind 16-bit activations give
+    assert trials.reliable(lucky) and trials.reliable(close)  # before: the validation gate alone decides
+    plain = Trial("plain post-training int8", Int8Recipe(), lucky, True, 1, 1.0)
+    trials.demand_reliable_passes(plain, SimpleNamespace(images=10_000))
+    assert trials.most_discordant == pytest.approx(reliable_discordance(10_000, 0.5))
+    assert not plain.passes and not trials.reliable(lucky) and trials.reliable(close)
+    from export.report import _remedy_section
+
+    section = "\n".join(_remedy_section(SimpleNamespace(path="model_int8.onnx", remedy={"most_discordant": 0.0231})))
+    assert "candidates then had to differ from the float model on at most 2.3% of the images" in section

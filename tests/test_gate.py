@@ -15,6 +15,7 @@ from export.parity import (
     drop_upper_bound_pp,
     measure,
     parse_thresholds,
+    reliable_discordance,
     top_margin,
     wilson_upper,
 )
@@ -104,6 +105,28 @@ def test_drop_bound_is_exact_without_disagreement_and_widens_with_it():
     mixed_artifact[50:100] = False
     assert 1.0 < drop_upper_bound_pp(mixed_float, mixed_artifact) < 2.0  # about 1.645 standard errors of 1 pp
     assert wilson_upper(0, 0) == 0.0 and wilson_upper(5, 5) == pytest.approx(1.0) and 0.5 < wilson_upper(50, 100) < 0.6
+
+
+def lossless_pass_rate(share: float, runs: int = 2000) -> float:
+    """How often the drop check on N images passes an artifact that loses nothing: its ``share`` of
+    images right in only one model split evenly in expectation, by chance in each run."""
+    rng = np.random.default_rng(0)
+    differing = round(share * N)
+    passes = 0
+    for _ in range(runs):
+        losses = rng.binomial(differing, 0.5)
+        float_right, artifact_right = np.ones(N, bool), np.ones(N, bool)
+        artifact_right[:losses] = False
+        float_right[losses:differing] = False
+        passes += drop_upper_bound_pp(float_right, artifact_right) <= 0.5
+    return passes / runs
+
+
+def test_the_reliable_discordance_is_where_a_lossless_artifact_passes_95_percent_of_the_time():
+    share = reliable_discordance(N, 0.5)
+    assert share == pytest.approx(0.0231, abs=1e-4)
+    assert 0.93 <= lossless_pass_rate(share) <= 0.97
+    assert lossless_pass_rate(0.05) < 0.8  # a weak model's 8-bit artifact: a coin weighted 3 to 1
 
 
 def test_measure_reports_counts(weak_model):
