@@ -284,6 +284,7 @@ def control_accuracy(
             "accuracy": failed.accuracy,
             "delta_pp": failed.delta_pp,
             "confident_agreement": failed.confident_agreement,
+            "drift_p99": failed.drift_p99,
         },
         "failures_before": list(failed.failures),
         "validation_images": len(trials.validation.images),

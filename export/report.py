@@ -197,7 +197,9 @@ def _remedy_section(r: ParityResult) -> list[str]:
     if before:
         lines.append(
             f"Plain post-training int8: accuracy {100 * before['accuracy']:.2f}% ({before['delta_pp']:+.2f} pp), "
-            f"confident agreement {100 * before['confident_agreement']:.2f}% on the test split; "
+            f"confident agreement {100 * before['confident_agreement']:.2f}%"
+            + (f", drift {before['drift_p99']:.3f}" if "drift_p99" in before else "")
+            + " on the test split; "
             f"failed: {'; '.join(remedy.get('failures_before', []))}."
         )
         lines.append("")

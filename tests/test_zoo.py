@@ -137,6 +137,7 @@ def test_the_zoo_report_keeps_a_row_per_family_and_a_failing_family_costs_only_i
         if name == "DenseNet121":
             raise MemoryError("out of memory")
         artifact = {"passed": True, "failures": [], "delta_pp": -0.1, "drop_bound_pp": 0.4, "drift_p99": 0.05}
+        artifact |= {"plain_drift_p99": 0.05}
         artifact |= {"size_ratio": 0.3, "remedy": "none", "float_ops": []}
         artifacts = {"onnx_fp32": artifact, "tflite_fp32": artifact, "onnx_int8": artifact}
         trained = {"train_seconds": 87, "train_images": 20000, "trained_on": "NVIDIA H200, Keras on jax"}
@@ -147,7 +148,7 @@ def test_the_zoo_report_keeps_a_row_per_family_and_a_failing_family_costs_only_i
     assert zoo_main(argv, run=run) == 0
     text = report.read_text()
     assert "| MobileNetV2 (64 px) | 1,234 | 3 ep, 20k img, 87 s on NVIDIA H200, Keras on jax | 50.00 |" in text
-    assert "| onnx_int8 | pass | -0.10 | 0.40 | 0.050 | 0.30 | 0 |" in text
+    assert "| onnx_int8 | pass | -0.10 | 0.40 | 0.050 | 0.050 | 0.30 | 0 |" in text
     assert "| tflite_int8 | not built |" in text
     assert "(budget 300 s per int8 artifact)" in text and "Code: commit not recorded." not in text
     assert "| DenseNet121 |" in text and "MemoryError: out of memory" in text
