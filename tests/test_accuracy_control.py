@@ -247,7 +247,7 @@ def test_a_candidate_its_runtime_cannot_run_is_skipped_with_the_reason(tmp_path)
     trials.name, trials.spec, trials.path = "tflite_int8", ARTIFACTS["tflite_int8"], tmp_path / "model.tflite"
     trials.validation = SimpleNamespace(images=images, reference=reference, targets=reference.argmax(1))
     trials.skipped, trials.started = [], time.monotonic()
-    trials.threshold = replace(DEFAULT_THRESHOLDS["int8"])
+    trials.threshold, trials.most_discordant = replace(DEFAULT_THRESHOLDS["int8"]), 1.0
 
     assert trials.run("16-bit activations", Int8Recipe(activation_bits=16)) is None
     (skipped,) = trials.skipped
