@@ -106,13 +106,12 @@ def percentile_ranges(
             if top > 0:
                 magnitudes = np.minimum(np.abs(reader.tensor(name)), top)
                 counts[name] += np.histogram(magnitudes, bins=BINS, range=(0.0, top))[0]
-    return {name: clipped_range(counts[name], tensors[name], percentile) for name in tensors}
+    ranges = {name: clipped_range(counts[name], tensors[name], percentile) for name in tensors}
+    narrowed = sum(ranges[name] != tensors[name] for name in ranges)
+    log.info("  percentile calibration narrowed %d of %d TFLite activation ranges", narrowed, len(ranges))
+    return ranges
 
 
 def percentile_calibrated(calibrated: bytes, images: np.ndarray, info: ModelInfo) -> bytes:
     """``calibrated`` with its op outputs' ranges clipped at the :data:`PERCENTILE`."""
-    ranges = percentile_ranges(calibrated, images, info)
-    recorded = recorded_ranges(calibrated)
-    narrowed = sum(ranges[name] != recorded[name] for name in ranges)
-    log.info("  percentile calibration narrowed %d of %d TFLite activation ranges", narrowed, len(ranges))
-    return with_ranges(calibrated, ranges)
+    return with_ranges(calibrated, percentile_ranges(calibrated, images, info))
