@@ -8,9 +8,11 @@ family, whether it converts, each int8 artifact's status, accuracy delta, drop b
 ratio to fp32, ops left in float, export time and the export's peak memory.
 
 Each family's export runs in a child process of its own, so its crash or memory use costs only
-its row, and the peak memory measured is that export's alone. Rows are kept under ``--work``
-(one JSON file per family); a rerun skips the families already measured unless ``--again``, and
-re-measures with the model trained before unless ``--retrain`` (or the family's definition changed).
+its row, and the peak memory measured is that export's alone. The measured rows travel with the
+report (``docs/results/zoo.json`` beside ``zoo.md``, rewritten after each family): a rerun of a few
+families, on any clone, keeps every other family's row; it skips the families already measured
+unless ``--again``, and re-measures with the model trained before under ``--work`` unless
+``--retrain`` (or the family's definition changed).
 ``--train-only`` trains and stops: run it where training is fast (a GPU, any Keras backend:
 ``KERAS_BACKEND=jax`` needs no TensorFlow), copy ``--work`` to the exporting machine, and its run
 reuses those models; the report says where each was trained.
@@ -37,6 +39,7 @@ import_tensorflow_quietly()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from export.errors import ExportError  # noqa: E402
 from export.formats import ARTIFACTS  # noqa: E402
 from runtime.files import atomic_write  # noqa: E402
 
@@ -285,7 +288,7 @@ def _joined(rows: list[dict], key: str, fmt: str) -> str:
     return "; ".join(f"{value} ({', '.join(families)})" for value, families in values.items())
 
 
-def render(rows: list[dict], machine: str) -> str:
+def render(rows: list[dict]) -> str:
     """docs/results/zoo.md from the measured rows."""
     lines = [
         "# Model zoo: keras.applications families through export",
@@ -300,7 +303,7 @@ def render(rows: list[dict], machine: str) -> str:
         "where their published artifacts took different remedies (blank: a repaired artifact's row measured",
         "before the export recorded it).",
         "",
-        f"Machine: {machine}. Code: commit {_joined(rows, 'commit', '{}')}.",
+        f"Machine: {_joined(rows, 'machine', '{}')}. Code: commit {_joined(rows, 'commit', '{}')}.",
         "",
         "| family | parameters | trained | float acc. | converts | artifact | status | delta pp | drop bound pp "
         "| drift p99 | plain drift | size / fp32 | float ops | export s | peak MB |",
@@ -349,8 +352,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-images", type=int, default=20000, help="training images used (default: 20000)")
     parser.add_argument("--control-budget", type=float, default=300, help="accuracy control's budget (default: 300 s)")
     parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR)")
-    parser.add_argument("--work", type=Path, default=WORK, help=f"models, exports and rows (default: {WORK})")
-    parser.add_argument("--report", type=Path, default=REPORT, help=f"the report (default: {REPORT})")
+    parser.add_argument("--work", type=Path, default=WORK, help=f"models and exports (default: {WORK})")
+    parser.add_argument(
+        "--report", type=Path, default=REPORT, help=f"the report, its rows beside it as .json (default: {REPORT})"
+    )
     parser.add_argument("--machine", default="", help="the machine, as the report should state it")
     parser.add_argument("--again", action="store_true", help="re-measure families that already have a row")
     parser.add_argument(
@@ -382,24 +387,49 @@ def main(argv: list[str] | None = None, run: Callable[[str, argparse.Namespace],
         for name in args.families:
             log.info("zoo: %s: %s", name, trained(name, args, _folder(args, name)))
         return 0
-    rows_dir = args.work / "rows"
-    rows_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = stored_rows(args.report)
+    except ExportError as exc:
+        print(f"python -m export.zoo: error: {exc}", file=sys.stderr)
+        return 2
     for name in args.families:
-        row_file = rows_dir / f"{_slug(name)}.json"
-        if row_file.is_file() and not args.again:
+        if name in rows and not args.again:
             continue
         log.info("zoo: %s", name)
         commit = _commit()  # at the start: an export child runs the code checked out when it starts
         try:
-            row = run(name, args) | {"epochs": args.epochs, "control_budget_s": args.control_budget, "commit": commit}
+            row = run(name, args) | {"epochs": args.epochs, "control_budget_s": args.control_budget}
         except Exception as exc:  # one family's failure is its row, not the end of the zoo
             row = {"family": name, "error": f"{type(exc).__name__}: {exc}"[:300], "artifacts": {}}
-        atomic_write(row_file, json.dumps(row, indent=1).encode())
-    found = [rows_dir / f"{_slug(n)}.json" for n in FAMILIES]
-    rows = [json.loads(path.read_text()) for path in found if path.is_file()]
-    atomic_write(args.report, render(rows, args.machine or "not stated").encode())
+        rows[name] = row | {"commit": commit, "machine": args.machine or "not stated"}
+        write_report(rows, args.report)  # after each family: a crash later keeps this row
+    write_report(rows, args.report)
     log.info("wrote %s (%d families)", args.report, len(rows))
     return 0
+
+
+def _rows_file(report: Path) -> Path:
+    return report.with_suffix(".json")
+
+
+def stored_rows(report: Path) -> dict[str, dict]:
+    """The rows measured so far, by family, from the JSON beside ``report``; an unreadable file stops
+    the run (:class:`ExportError`) rather than be overwritten with fewer rows."""
+    path = _rows_file(report)
+    if not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        return {row["family"]: row for row in rows}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"{path}: not the zoo's rows ({exc}); move it away to start the report anew") from exc
+
+
+def write_report(rows: dict[str, dict], report: Path) -> None:
+    """The rows (in the families' order) as JSON, and the report rendered from them."""
+    ordered = [rows[name] for name in FAMILIES if name in rows]
+    atomic_write(_rows_file(report), (json.dumps({"rows": ordered}, indent=1) + "\n").encode())
+    atomic_write(report, render(ordered).encode())
 
 
 if __name__ == "__main__":

@@ -153,6 +153,27 @@ def test_the_zoo_report_keeps_a_row_per_family_and_a_failing_family_costs_only_i
     assert "(budget 300 s per int8 artifact)" in text and "Code: commit not recorded." not in text
     assert "| DenseNet121 |" in text and "MemoryError: out of memory" in text
     assert zoo_main([*argv, "--families", "MobileNetV2"], run=None) == 0  # measured rows are kept, not re-run
+    assert report.read_text() == text
+
+
+def test_the_zoo_rows_travel_with_the_report_and_an_unreadable_file_of_them_stops_the_run(tmp_path, capsys):
+    from export.zoo import main as zoo_main
+
+    def run(name, args):
+        return {"family": name, "parameters": len(name), "float_accuracy": 0.5, "artifacts": {}}
+
+    report = tmp_path / "results" / "zoo.md"
+    report.parent.mkdir()
+    argv = ["--work", str(tmp_path / "work"), "--report", str(report), "--machine", "here"]
+    assert zoo_main([*argv, "--families", "MobileNetV2,DenseNet121"], run=run) == 0
+    assert not (tmp_path / "work").exists()  # the rows live beside the report, not with the models
+    assert zoo_main([*argv[:-1], "elsewhere", "--families", "DenseNet121", "--again"], run=run) == 0
+    text = report.read_text()
+    assert "| MobileNetV2 | 11 |" in text and "| DenseNet121 | 11 |" in text  # the other family's row kept
+    assert "Machine: here (MobileNetV2); elsewhere (DenseNet121)." in text
+    (tmp_path / "results" / "zoo.json").write_text("[1, 2]")
+    assert zoo_main([*argv, "--families", "Xception"], run=run) == 2
+    assert "zoo.json: not the zoo's rows" in capsys.readouterr().err and report.read_text() == text
 
 
 @pytest.fixture
