@@ -22,6 +22,7 @@ from demo.uploads import parse_size  # noqa: E402
 DEFAULT_MAX_FILE_SIZE = "10mb"
 DEFAULT_UPLOAD_STORAGE = "256mb"
 UPLOAD_MAX_AGE_S = 600
+UPLOADS_PREFIX = "edgepack-demo-uploads-"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -79,14 +80,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def own_upload_folder() -> None:
-    """Give this server an upload folder of its own (unless ``GRADIO_TEMP_DIR`` names one), removed at
-    exit: uploads then never outlive the server, nor mix with another Gradio app's."""
-    if os.environ.get("GRADIO_TEMP_DIR"):
-        return
-    folder = tempfile.mkdtemp(prefix="edgepack-demo-uploads-")
+def own_upload_folder() -> Path:
+    """Give this server an upload folder of its own, removed at exit: uploads then never outlive
+    the server, nor mix with another Gradio app's. It is made inside ``$GRADIO_TEMP_DIR`` when the
+    user set one (else in the system's temporary folder), never *as* that folder: the sweeper
+    deletes what it finds in the folder, and the user's own files there must not be among them."""
+    parent = os.environ.get("GRADIO_TEMP_DIR") or None
+    if parent and Path(parent).name.startswith(UPLOADS_PREFIX):  # a second app in this process: a sibling
+        parent = str(Path(parent).parent)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=UPLOADS_PREFIX, dir=parent)
     os.environ["GRADIO_TEMP_DIR"] = folder
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder)
 
 
 def create(args: argparse.Namespace):

@@ -76,6 +76,7 @@ def output_folder(folder: Path, force: bool = False) -> Iterator[Workspace]:
     SIGTERM is turned into an ordinary exit so that the staging folder is still removed."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        _refuse_links(folder)
         owned = written_by_edgepack(folder)
         _refuse_foreign(folder, owned, force)  # before the lock file is made: nothing is left in a refused folder
         with (folder / LOCK).open("a") as lock:
@@ -88,11 +89,31 @@ def output_folder(folder: Path, force: bool = False) -> Iterator[Workspace]:
                     yield Workspace(folder, staging, owned)
                 finally:
                     if (folder / JOURNAL).exists():  # the renames broke off: finish them now if possible
-                        complete_interrupted_publish(folder)
+                        _try_to_complete(folder)
                     if not (folder / JOURNAL).exists():
                         shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
         raise PublishError(f"{folder}: cannot write the export there ({exc.strerror or exc})") from None
+
+
+def _try_to_complete(folder: Path) -> None:
+    """After renames broke off: complete them if the cause has passed; if not, the journal stays for
+    the next run and the first error is the one reported."""
+    try:
+        complete_interrupted_publish(folder)
+    except (OSError, PublishError) as exc:
+        log.warning("%s", exc)
+
+
+def _refuse_links(folder: Path) -> None:
+    """The folders and files publishing writes through must be the folder's own: a symbolic link
+    there (``rejected/`` pointing at another release, a lock file pointing outside) would make an
+    export overwrite or create files where the user never pointed it."""
+    for name in (LOCK, JOURNAL, REJECTED, SUPERSEDED):
+        if (folder / name).is_symlink():
+            raise PublishError(
+                f"{folder / name}: is a symbolic link; an export writes only inside its own folder (remove the link)"
+            )
 
 
 def _lock(lock, folder: Path) -> None:
@@ -261,15 +282,39 @@ def _free_name(folder: Path, name: str, taken: set[str]) -> str:
     return candidate
 
 
+def _stays_inside(folder: Path, relative: object) -> bool:
+    """Whether ``relative`` names a path inside ``folder`` that no symbolic link leads out of: no
+    absolute path, no ``..``, and no folder on the way that is a link (a crafted journal moved files
+    in from outside, and out, through a link inside the folder)."""
+    if not isinstance(relative, str) or not relative:
+        return False
+    path = Path(relative)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        return False
+    current = folder
+    for part in path.parts[:-1]:
+        current = current / part
+        if current.is_symlink():
+            return False
+    return True
+
+
 def _run_moves(folder: Path, moves: list[dict]) -> None:
     """Perform the journal's renames that are not done yet; safe to repeat after a crash."""
-    for move in moves:
+    for number, move in enumerate(moves, 1):
         source, target = folder / move["from"], folder / move["to"]
         done = target.exists() if move.get("aside") else not source.exists()
         if done or not source.exists():
             continue
-        target.parent.mkdir(exist_ok=True)
-        os.replace(source, target)
+        try:
+            target.parent.mkdir(exist_ok=True)
+            os.replace(source, target)
+        except OSError as exc:
+            raise PublishError(
+                f"{folder}: publishing stopped at rename {number} of {len(moves)} ({move['from']} -> {move['to']}: "
+                f"{exc.strerror or exc}); the old manifest.json is still in place and {JOURNAL} lists the rest: the "
+                "next export into this folder completes them once the cause is fixed"
+            ) from None
 
 
 def complete_interrupted_publish(folder: Path) -> None:
@@ -282,7 +327,7 @@ def complete_interrupted_publish(folder: Path) -> None:
         moves = json.loads(journal.read_text())["moves"]
         for move in moves:
             for key in ("from", "to"):
-                if Path(move[key]).is_absolute() or ".." in Path(move[key]).parts:
+                if not _stays_inside(folder, move[key]):
                     raise ValueError(f"{move[key]!r} leaves the folder")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s: unreadable publish journal (%s); moved to %s.broken", journal, exc, JOURNAL)
@@ -301,13 +346,10 @@ def _reject(workspace: Workspace, rejected: list[ParityResult]) -> None:
     staging, target = workspace.staging, workspace.folder / REJECTED
     target.mkdir(exist_ok=True)
     for old in target.iterdir():
-        if old.is_file() and (old.name in _ARTIFACT_FILES or old.name in REJECTED_REPORTS):
-            old.unlink()
-    for result in rejected:
-        for name in files_of(result.path):
-            if (staging / name).is_file():
-                shutil.copy2(staging / name, target / name)
-    for name in REJECTED_REPORTS:
+        if (old.is_symlink() or old.is_file()) and (old.name in _ARTIFACT_FILES or old.name in REJECTED_REPORTS):
+            old.unlink()  # a link is removed itself: nothing is ever written through one
+    names = [name for result in rejected for name in files_of(result.path)] + list(REJECTED_REPORTS)
+    for name in names:
         if (staging / name).is_file():
             shutil.copy2(staging / name, target / name)
 

@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 from export.errors import ExportError  # noqa: E402
 from export.formats import ARTIFACTS  # noqa: E402
+from runtime.cli import fail  # noqa: E402
 from runtime.files import atomic_write  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -390,8 +391,7 @@ def main(argv: list[str] | None = None, run: Callable[[str, argparse.Namespace],
     try:
         rows = stored_rows(args.report)
     except ExportError as exc:
-        print(f"python -m export.zoo: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     for name in args.families:
         if name in rows and not args.again:
             continue

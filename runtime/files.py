@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,11 +34,33 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
         yield partial
         with partial.open("rb+") as written:
             os.fsync(written.fileno())
+            os.fchmod(written.fileno(), _mode_for(path))
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions the written file gets: those of the file it replaces, else what ``open``
+    would give a new file under the process's umask. ``mkstemp`` makes its file 0600 whatever the
+    umask, which left manifests and models unreadable to every other account sharing a release."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: done under a lock, and put back at once)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def ensure_writable(folder: Path) -> None:

@@ -511,6 +511,30 @@ def test_uploads_do_not_outlive_the_server(tmp_path):
     assert not folders[0].exists()
 
 
+def test_the_sweeper_never_touches_the_users_own_gradio_temp_dir(tmp_path, monkeypatch):
+    """L6: with GRADIO_TEMP_DIR set by the user, the demo swept that whole folder and deleted the
+    user's files in it within a second. The demo's uploads now get a folder of their own inside it."""
+    import time
+
+    from demo.__main__ import own_upload_folder
+    from demo.uploads import UploadSweeper
+
+    users = tmp_path / "my-gradio"
+    users.mkdir()
+    keep = users / "notes.txt"
+    keep.write_text("mine")
+    old = time.time() - 3600
+    os.utime(keep, (old, old))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(users))
+    folder = own_upload_folder()
+    second = own_upload_folder()  # another app in the same process: a sibling, not nested
+    assert folder.parent == users and second.parent == users and folder != second
+    (folder / "upload.png").write_bytes(b"x")
+    os.utime(folder / "upload.png", (old, old))
+    UploadSweeper(folder, max_bytes=1, max_age_s=60).sweep()
+    assert keep.read_text() == "mine" and not (folder / "upload.png").exists()
+
+
 def test_a_malformed_manifest_is_skipped_with_a_warning_or_one_line(tmp_path, caplog):
     import shutil
     import subprocess

@@ -26,3 +26,28 @@ def test_a_library_writer_gets_a_path_with_its_suffix_and_the_result_replaces_th
         assert partial.parent == tmp_path and partial.name.endswith(".png") and partial.name.startswith(".")
         partial.write_bytes(b"new picture")
     assert target.read_bytes() == b"new picture" and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_a_new_file_gets_the_umask_s_permissions_so_other_accounts_can_read_a_release(tmp_path, umask, mode):
+    """mkstemp's 0600 made a shared release unreadable to every other account ('Permission denied'
+    on the manifest): a new file is created as ``open`` would create it."""
+    import os
+
+    previous = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "manifest.json", "{}")
+        with atomic_path(tmp_path / "model.keras", ".keras") as partial:
+            partial.write_bytes(b"weights")
+    finally:
+        os.umask(previous)
+    for name in ("manifest.json", "model.keras"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode
+
+
+def test_a_replaced_file_keeps_its_own_permissions(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("{}")
+    target.chmod(0o640)
+    atomic_write(target, '{"epochs": 1}')
+    assert target.stat().st_mode & 0o777 == 0o640 and target.read_text() == '{"epochs": 1}'
