@@ -107,19 +107,34 @@ def export_folders(folders: list[Path]) -> list[Path]:
     return folders
 
 
-def folder_dataset(folder: Path) -> str:
-    """The dataset an export folder was gated on (its manifest says), else the folder's name."""
+def folder_dataset(folder: Path) -> str | None:
+    """The registered dataset an export folder was gated on (its manifest says), else its folder's
+    name if that is one; None otherwise. A manifest's value is a name, never a path: a crafted
+    ``"dataset": "/"`` had the benchmarks walk and decode the whole file system."""
+    from train.datasets import REGISTRY
+
     try:
-        return str(read_manifest(folder / MANIFEST)["dataset"])
-    except (ModelError, KeyError):
-        return folder.name
+        named = read_manifest(folder / MANIFEST).get("dataset")
+    except ModelError:
+        named = None
+    for name in (named, folder.name):
+        if isinstance(name, str) and name in REGISTRY:
+            return name
+    return None
 
 
-def test_images(dataset: str, data_dir: str | None):
-    """The dataset's test images for the folder step, or None (with a note) where there is no data."""
+def test_images(folder: Path, config: BenchConfig, data_dir: str | None):
+    """The dataset's test images for the folder step, or None (with a note) where the step is off,
+    the dataset is not a registered one, or its data is not there."""
     from train.datasets import load_dataset
     from train.errors import DataError
 
+    if config.folder_images == 0 or config.cold_runs == 0:
+        return None
+    dataset = folder_dataset(folder)
+    if dataset is None:
+        log.warning("folder throughput skipped: %s was not gated on a registered dataset", folder)
+        return None
     try:
         return load_dataset(dataset, data_dir).x_test
     except DataError as exc:
@@ -142,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             raise BenchError(f"{args.out}: cannot write the reports there ({exc.strerror or exc})") from None
         for folder in folders:
-            images = test_images(folder_dataset(folder), args.data_dir)
+            images = test_images(folder, config, args.data_dir)
             paths = write_reports(benchmark(folder, config, images), args.out)
             print(f"{folder.name}: " + ", ".join(str(p) for p in paths))
         return EXIT_OK
 
-    return run_command(body, (BenchError,), "interrupted: no report written for the dataset in progress")
+    return run_command(body, (BenchError, ModelError), "interrupted: no report written for the dataset in progress")
 
 
 if __name__ == "__main__":

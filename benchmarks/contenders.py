@@ -11,7 +11,7 @@ the runtime is the runtime's own overhead.
 from __future__ import annotations
 
 import importlib
-import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,10 @@ import numpy as np
 
 from export.formats import FORMATS
 from export.formats.base import BenchRunner, Loaded
-from runtime.artifacts import MANIFEST
+from runtime.artifacts import MANIFEST, read_manifest, verify_artifact
+from runtime.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,16 +68,18 @@ def discover(folder: Path) -> tuple[list[Contender], list[str]]:
     """The contenders whose files are in ``folder``, and a note for each one that is skipped.
 
     Exported artifacts count only if the manifest lists them as having passed the parity gate:
-    a benchmark of a file that would not ship is no answer to "how fast is what I ship".
+    a benchmark of a file that would not ship is no answer to "how fast is what I ship". Each is
+    checked against the manifest's sha256 first, for every runner (the bare ONNX Runtime and LiteRT
+    ones too): a changed file raises ModelError, as the runtime refuses it.
     """
     published: set[str] = set()
     manifest = folder / MANIFEST
     if manifest.is_file():
         try:
-            published = {e["path"] for e in json.loads(manifest.read_text())["artifacts"] if e.get("passed")}
-        except (ValueError, KeyError, TypeError):
-            published = set()
-    found, skipped = [], []
+            published = {e["path"] for e in read_manifest(manifest)["artifacts"] if e.get("passed")}
+        except ModelError as exc:
+            log.warning("%s", exc)
+    found, skipped, verified = [], [], set()
     for contender in CONTENDERS:
         path = folder / contender.filename
         if not path.is_file():
@@ -82,6 +87,9 @@ def discover(folder: Path) -> tuple[list[Contender], list[str]]:
         elif contender.runtime != "keras" and contender.filename not in published:
             skipped.append(f"{contender.label}: {path.name} is not a published artifact in {manifest}")
         else:
+            if contender.runtime != "keras" and path not in verified:
+                verify_artifact(path)
+                verified.add(path)
             found.append(contender)
     return found, skipped
 
@@ -113,8 +121,13 @@ def import_runtime(contender: Contender, threads: int) -> None:
 
 
 def _keras(contender: Contender, path: Path) -> Loaded:
+    """The float model, loaded within the export's limits on a .keras archive (a 0.5 MB bomb
+    inflated to 2.4 GB when Keras opened it unchecked)."""
     import keras
 
+    from export.source import check_keras_archive
+
+    check_keras_archive(path)
     model = keras.models.load_model(path, compile=False)
     height, width, channels = model.input_shape[1:]
 

@@ -21,8 +21,10 @@ import numpy as np  # noqa: E402
 
 from benchmarks.contenders import BY_KEY, import_runtime, load  # noqa: E402
 from benchmarks.neighbour import busy_neighbour  # noqa: E402
+from export.errors import ExportError  # noqa: E402
 from export.formats.base import Loaded  # noqa: E402
 from export.latency import measure  # noqa: E402
+from runtime.errors import ModelError  # noqa: E402
 
 
 def sample_pixels(shape: tuple[int, int, int], batch: int, seed: int) -> np.ndarray:
@@ -85,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0] in ("-h", "--help"):
         print("usage: python -m benchmarks.worker SPEC_JSON  (internal: started by python -m benchmarks)")
         return 0 if args and args[0] in ("-h", "--help") else 2
-    measure_cells(json.loads(args[0]))
+    try:
+        measure_cells(json.loads(args[0]))
+    except (ExportError, ModelError) as exc:  # a refused model file: the parent reports this line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -10,7 +10,9 @@ runtime's one-line reason.
 from __future__ import annotations
 
 import functools
+import html
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,10 +45,20 @@ class LoadedModel:
     card: str
 
 
+_MARKDOWN_SIGNS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def as_text(name: str) -> str:
+    """A name from the file system (a served folder's, a file's) for Markdown, shown as the
+    characters it is: HTML escaped (a folder named ``<img src=x onerror=...>`` showed an image
+    element) and Markdown's signs backslashed, so it cannot start a link or end the bold around it."""
+    return _MARKDOWN_SIGNS.sub(r"\\\1", html.escape(name, quote=False))
+
+
 def model_card(dataset: str, precision: str, path: Path, float_accuracy: float | None) -> str:
     """Size and accuracy of the artifact as its manifest states them."""
     entry = manifest_entry(path) or {}
-    lines = [f"**{dataset} / {precision}**: `{path.name}`, {path.stat().st_size / 1024:,.0f} KiB"]
+    lines = [f"**{as_text(dataset)} / {precision}**: {as_text(path.name)}, {path.stat().st_size / 1024:,.0f} KiB"]
     if "accuracy" in entry:
         delta = f", {entry['delta_pp']:+.2f} pp vs float" if "delta_pp" in entry else ""
         reference = f" (float model {100 * float_accuracy:.2f}%{delta})" if float_accuracy is not None else ""

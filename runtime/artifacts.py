@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from runtime.errors import ModelError
+from runtime.limits import MAX_MANIFEST_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def sha256_of(path: Path) -> str:
 def read_manifest(path: Path) -> dict:
     """The manifest, its entries checked: each names a plain file beside it, with a sha256."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(_bounded_read(path))
         if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
             raise ValueError("no 'artifacts' list")
         _check_numbers(manifest, ("float_accuracy",), "the manifest")
@@ -66,6 +67,18 @@ def read_manifest(path: Path) -> dict:
         return manifest
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: unreadable manifest ({exc})") from None
+
+
+def _bounded_read(path: Path) -> str:
+    """The file's text, refused by its size before it is read (``MAX_MANIFEST_BYTES``)."""
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"{size} bytes, over the limit of {MAX_MANIFEST_BYTES}")
+        data = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:  # grew while being read
+        raise ValueError(f"over the limit of {MAX_MANIFEST_BYTES} bytes")
+    return data.decode()
 
 
 def _check_entry(entry: object, number: int) -> None:

@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from runtime.artifacts import find_artifact, verify_artifact
 from runtime.errors import ModelError
+from runtime.limits import MAX_BATCH_BYTES
 from runtime.metadata import METADATA_KEY, ModelInfo
 from runtime.preprocess import ImageSource, as_sources, normalize, to_pixels
 from runtime.text import first_line
@@ -19,9 +20,6 @@ from runtime.text import first_line
 log = logging.getLogger(__name__)
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}
-# The most input bytes one session.run receives: a model declaring a large input runs in smaller
-# batches (down to one image) instead of asking for gigabytes at the default batch size.
-MAX_BATCH_BYTES = 256 * 1024 * 1024
 
 
 def bounded_threads(threads: int | None) -> int | None:

@@ -25,10 +25,10 @@ import numpy as np
 from runtime.classifier import Classifier
 from runtime.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, fail
 from runtime.errors import InputError, RuntimeFailure
+from runtime.limits import MAX_BATCH_SIZE
 from runtime.preprocess import find_images, to_pixels
 from runtime.text import printable, utf8_safe
 
-MAX_BATCH_SIZE = 4096
 LOOKAHEAD = 64  # decoded images waiting per worker
 CORES = os.cpu_count() or 1
 DATASETS = ("fashion_mnist", "cifar10")

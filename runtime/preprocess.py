@@ -32,12 +32,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from runtime.errors import InputError
+from runtime.limits import MAX_FILE_BYTES, MAX_PIXELS
 from runtime.metadata import ModelInfo
 
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
-MAX_FILE_BYTES = 64 * 1024 * 1024
-MAX_PIXELS = 40_000_000
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "ICO")
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".ico"}

@@ -399,9 +399,9 @@ def test_login_failures_lock_the_client_out_and_are_logged(caplog):
     assert not login("ann", "right")
 
 
-def post_login(base: str, user: str, password: str) -> int:
+def post_login(base: str, user: str, password: str, headers: dict | None = None) -> int:
     body = urllib.parse.urlencode({"username": user, "password": password}).encode()
-    request = urllib.request.Request(f"{base}login", body, method="POST")
+    request = urllib.request.Request(f"{base}login", body, headers or {}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status
@@ -427,6 +427,62 @@ def test_a_brute_force_over_http_is_throttled(shared_data, tmp_path, caplog):
             app.close()
     assert caplog.text.count("failed login of 'ann' from 127.0.0.1") >= 30
     assert "127.0.0.1 locked out for user 'ann' after 5 failed logins" in caplog.text
+
+
+def test_a_forged_forwarded_for_header_does_not_escape_the_throttling(shared_data, tmp_path, caplog):
+    """S14: uvicorn believed X-Forwarded-For from 127.0.0.1, so a new address per guess was never
+    locked out (60 guesses in 2.4 s, then the right password accepted). Forwarding headers count
+    only from a --trusted-proxy."""
+    auth = tmp_path / "auth.txt"
+    auth.write_text("ann:correct horse\n")
+    args = parse_args(["--port", str(free_port()), "--models-dir", str(MODELS), "--auth-file", str(auth)])
+    app, folders = create(args)
+    with caplog.at_level("WARNING", logger="demo.login"):
+        launch(app, folders, args, block=False)
+        base = f"http://127.0.0.1:{args.port}/"
+        try:
+            forged = [{"X-Forwarded-For": f"203.0.113.{i}"} for i in range(8)]
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                codes = list(pool.map(lambda h: post_login(base, "ann", "guess", h), forged))
+            assert codes == [400] * 8
+            assert post_login(base, "ann", "correct horse", {"X-Forwarded-For": "198.51.100.7"}) == 400
+        finally:
+            app.close()
+    assert "203.0.113" not in caplog.text and "127.0.0.1 locked out for user 'ann'" in caplog.text
+
+
+def test_trusted_proxies_are_named_and_checked(monkeypatch):
+    from demo.__main__ import trust_forwarding_from
+
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "127.0.0.1")  # put back afterwards
+
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--trusted-proxy", "proxy.example"])
+    assert exited.value.code == 2
+    args = parse_args(["--trusted-proxy", "10.0.0.2", "--trusted-proxy", "10.1.0.0/16"])
+    trust_forwarding_from(args.trusted_proxy)
+    assert os.environ["FORWARDED_ALLOW_IPS"] == "10.0.0.2,10.1.0.0/16"
+    trust_forwarding_from([])
+    assert os.environ["FORWARDED_ALLOW_IPS"] == ""
+
+
+def test_a_served_folders_name_is_shown_as_text_not_html(tmp_path):
+    """S15: a served folder's name went into the model card's Markdown as it was, and an <img>
+    element appeared on the page."""
+    import shutil
+
+    import markdown
+
+    from demo.app import model_card
+
+    folder = tmp_path / "<img src=x onerror=alert(1)>[link](http:)"
+    folder.mkdir()
+    for name in ("manifest.json", "model_int8.onnx"):
+        shutil.copy2(MODELS / "fashion_mnist" / name, folder / name)
+    card = model_card(folder.name, "int8", folder / "model_int8.onnx", 0.9)
+    page = markdown.markdown(card)
+    assert "<img" not in page and "<a " not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;[link](http:)" in page and "model_int8.onnx" in page
 
 
 def upload(base: str, name: str, data: bytes) -> int:

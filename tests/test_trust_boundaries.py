@@ -71,3 +71,132 @@ def test_a_rename_that_fails_mid_publish_says_how_far_it_got(tmp_path, monkeypat
     message = str(caught.value)
     assert "publishing stopped at rename 2 of 3 (b.new -> b: Input/output error)" in message
     assert "the next export into this folder completes them" in message and "\n" not in message
+
+
+def test_a_hundred_thousand_labels_are_checked_in_linear_time():
+    """S9: the repeated-label check was quadratic (49.6 s for 40k labels); 100,000 hung classify, the
+    demo and the benchmarks. Run where a hang shows: in a child with a time limit far above the
+    linear check's cost and far below the quadratic one's (minutes)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "from runtime.metadata import ModelInfo\n"
+        "from runtime.errors import ModelError\n"
+        "from runtime.limits import MAX_LABELS\n"
+        "labels = tuple(f'class {i}' for i in range(MAX_LABELS))\n"
+        "assert ModelInfo(labels, 28, 28, 1).num_classes == MAX_LABELS\n"
+        "try:\n"
+        "    ModelInfo(labels[:-1] + ('class 7',), 28, 28, 1)\n"
+        "except ModelError as exc:\n"
+        "    print(exc)\n"
+        "try:\n"
+        "    ModelInfo(labels + ('one more',), 28, 28, 1)\n"
+        "except ModelError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.splitlines() == [
+        "metadata labels repeat 'class 7': each class needs its own name",
+        "the model metadata lists 100001 labels, over the limit of 100000",
+    ]
+
+
+def test_a_huge_manifest_is_refused_by_its_size_before_reading(tmp_path):
+    """S10: every command read manifest.json whole: a 12 KB sparse file of 1 GiB cost 2.1 GB."""
+    import resource
+    import subprocess
+    import sys
+
+    from runtime.artifacts import read_manifest
+    from runtime.errors import ModelError
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "fashion_mnist"
+    folder.mkdir()
+    for name in ("model_int8.onnx",):
+        (folder / name).write_bytes((ROOT / "models" / "fashion_mnist" / name).read_bytes())
+    with (folder / "manifest.json").open("wb") as handle:
+        handle.write(b'{"artifacts": [')
+        handle.truncate(1 << 30)  # sparse: no disk used
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ModelError, match=r"unreadable manifest \(1073741824 bytes, over the limit of 16777216\)"):
+        read_manifest(folder / "manifest.json")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing was read
+    image = ROOT / "docs" / "demo.png"
+    command = [sys.executable, "-m", "runtime.classify", str(image), "--model", str(folder / "model_int8.onnx")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "over the limit of 16777216" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def release_copy(tmp_path, names=("manifest.json", "model_int8.onnx")):
+    """A folder holding some files of the shipped Fashion-MNIST release."""
+    import shutil
+
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "my-export"
+    folder.mkdir()
+    for name in names:
+        shutil.copy2(ROOT / "models" / "fashion_mnist" / name, folder / name)
+    return folder
+
+
+def test_the_benchmarks_refuse_a_tampered_artifact_for_every_runner(tmp_path, capsys):
+    """S11: the bare ONNX Runtime and LiteRT contenders skipped the sha256 check and timed tampered
+    artifacts, exit 0."""
+    from benchmarks.__main__ import main
+
+    folder = release_copy(tmp_path, ("manifest.json", "model_int8.onnx", "model_int8.tflite"))
+    with (folder / "model_int8.tflite").open("ab") as handle:
+        handle.write(b"\0")
+    out = tmp_path / "reports"
+    assert main(["--model", str(folder), "--quick", "--out", str(out), "--folder-images", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model_int8.tflite: sha256" in err and "the file was changed after export" in err
+    assert len(err.splitlines()) == 1 and not list(out.glob("bench-*"))
+
+
+@pytest.mark.parametrize("dataset", ["/", "/etc", "../../shared/data"])
+def test_a_manifest_names_a_dataset_never_a_path_to_load(tmp_path, monkeypatch, dataset):
+    """S12: the benchmarks loaded the manifest's "dataset" as a path, even with --folder-images 0:
+    / and /etc were walked, a 2.3 MB folder cost 3.9 GB."""
+    import train.datasets
+    from benchmarks.__main__ import folder_dataset, test_images
+    from benchmarks.bench import BenchConfig
+
+    folder = release_copy(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["dataset"] = dataset
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError(f"loaded a dataset: {args}")
+
+    monkeypatch.setattr(train.datasets, "load_dataset", no_loading)
+    assert folder_dataset(folder) is None
+    assert test_images(folder, BenchConfig(), None) is None
+    assert test_images(folder, BenchConfig(folder_images=0), None) is None
+    manifest["dataset"] = "fashion_mnist"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert folder_dataset(folder) == "fashion_mnist"
+    assert test_images(folder, BenchConfig(folder_images=0), None) is None  # off: nothing is loaded
+
+
+def test_the_benchmarks_load_a_keras_model_within_the_archive_limits(tmp_path):
+    """S13: the benchmarks' Keras contenders opened model.keras without the export's archive limits
+    (a 0.5 MB bomb took 2.4 GB)."""
+    import resource
+
+    from benchmarks.contenders import BY_KEY, load
+    from export.errors import ExportError
+    from tests.test_untrusted_files import keras_zip
+
+    bomb = keras_zip(tmp_path / "model.keras", {"config.json": b"{}", "model.weights.h5": 256 << 20})
+    assert bomb.stat().st_size < 1 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for key in ("keras_predict", "keras_call"):
+        with pytest.raises(ExportError, match="model.weights.h5 inflates"):
+            load(BY_KEY[key], bomb, threads=1)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
