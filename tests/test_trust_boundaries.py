@@ -200,3 +200,94 @@ def test_the_benchmarks_load_a_keras_model_within_the_archive_limits(tmp_path):
         with pytest.raises(ExportError, match="model.weights.h5 inflates"):
             load(BY_KEY[key], bomb, threads=1)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "garbage", "127.0.0.1:99999", "[::1]", ":8476", "h:port"])
+def test_a_malformed_coordinator_is_a_usage_error(address, capsys):
+    """H8: --coordinator 127.0.0.1 (no port) or garbage ended in an IndexError traceback; port 99999
+    was not checked."""
+    from tests.test_distributed import QUICK
+    from train.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*QUICK, "--num-processes", "2", "--process-id", "1", "--coordinator", address])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and err[-1].startswith("python -m train: error: --coordinator: expected HOST:PORT")
+
+
+def test_an_unreachable_coordinator_is_one_line_after_the_wait():
+    """H9: a process whose coordinator never answered aborted natively after 310 s (rc 134, "another
+    task died"). It now checks the address itself and says what it waited for."""
+    import socket
+    import time
+
+    from train.distributed import wait_for_coordinator
+    from train.errors import TrainError
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        port = listening.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(TrainError, match=rf"cannot reach the coordinator at 127.0.0.1:{port} within 1 s"):
+            wait_for_coordinator(f"127.0.0.1:{port}", 1.0)  # bound, not listening: refused
+        assert time.monotonic() - started < 30
+        listening.listen()
+        wait_for_coordinator(f"127.0.0.1:{port}", 1.0)  # answers now
+
+
+def test_local_processes_are_bounded_by_the_cores(capsys):
+    """M3: --local-processes 100 started 100 processes on 2 cores."""
+    from tests.test_distributed import QUICK
+    from train.__main__ import main
+    from train.launch import max_local_processes
+
+    with pytest.raises(SystemExit) as exited:
+        main([*QUICK, "--local-processes", "100"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"--local-processes 100: at most {max_local_processes()} on this machine" in err
+
+
+class FakeProcess:
+    """A child that ends with ``code`` once the launcher has slept ``at`` times (``TICKS``)."""
+
+    def __init__(self, at: int, code: int) -> None:
+        self.at, self.code, self.returncode = at, code, None
+
+    def poll(self):
+        if TICKS[0] >= self.at:
+            self.returncode = self.code
+        return self.returncode
+
+    def kill(self) -> None:
+        self.returncode = self.code
+
+    def wait(self) -> int:
+        return self.returncode
+
+
+TICKS = [0]
+
+
+def test_the_launcher_blames_the_process_that_failed_first(monkeypatch):
+    """H10: process 1 was killed (SIGKILL); process 0's collectives broke and JAX aborted it seconds
+    later (SIGABRT); the launcher said "process 0 of 2 was killed by SIGABRT"."""
+    import signal
+
+    import train.launch
+    from train.errors import TrainError
+
+    def sleep(seconds: float) -> None:
+        TICKS[0] += 1
+
+    monkeypatch.setattr(train.launch.time, "sleep", sleep)
+
+    def watch(children: list[FakeProcess]) -> int:
+        TICKS[0] = 0
+        return train.launch._watch(children)
+
+    with pytest.raises(TrainError, match="^process 1 of 2 was killed by SIGKILL"):
+        watch([FakeProcess(at=6, code=-signal.SIGABRT), FakeProcess(at=2, code=-signal.SIGKILL)])
+    same_poll = [FakeProcess(at=2, code=-signal.SIGABRT), FakeProcess(at=2, code=1), FakeProcess(at=5, code=0)]
+    with pytest.raises(TrainError, match="^process 1 of 3 exited with code 1"):
+        watch(same_poll)
+    assert watch([FakeProcess(at=1, code=0), FakeProcess(at=3, code=0)]) == 0

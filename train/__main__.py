@@ -10,9 +10,9 @@ from pathlib import Path
 
 from runtime.artifacts import default_models_dir
 from runtime.cli import EXIT_OK, fail, run_command
-from train.distributed import Processes, connect, shut_down
+from train.distributed import Processes, connect, coordinator_address, shut_down
 from train.errors import TrainError  # noqa: E402
-from train.launch import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, run_local_job
+from train.launch import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, max_local_processes, run_local_job
 from train.quiet_tensorflow import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
@@ -125,6 +125,16 @@ def add_process_options(parser: argparse.ArgumentParser) -> None:
 def check_process_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.local_processes is not None and (args.local_processes < 1 or args.num_processes != 1):
         parser.error("--local-processes takes a number of at least 1, and no --num-processes")
+    if args.local_processes is not None and args.local_processes > max_local_processes():
+        parser.error(
+            f"--local-processes {args.local_processes}: at most {max_local_processes()} on this machine "
+            f"({os.cpu_count() or 1} cores; each process trains on its own core)"
+        )
+    if args.coordinator is not None:
+        try:
+            args.coordinator = coordinator_address(args.coordinator)
+        except ValueError as exc:
+            parser.error(f"--coordinator: {exc}")
     if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
         parser.error("--num-processes must be at least 1 and --process-id between 0 and --num-processes - 1")
     if args.num_processes > 1 and not args.coordinator:

@@ -17,13 +17,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import sys
+import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.text import first_line
+from runtime.text import first_line, printable
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,34 @@ class Processes:
 ONE_PROCESS = Processes()
 
 
+def coordinator_address(text: str) -> str:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) checked before any process starts: JAX took
+    ``127.0.0.1`` without a port, or garbage, to an IndexError traceback, and port 99999 to a wait."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT with a port from 1 to 65535, got {printable(text, 100)!r}")
+    return text
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Return once process 0's coordination service accepts connections at ``address``; a TrainError
+    after ``timeout_s`` without. JAX's own join gives up only by aborting the process natively (rc 134,
+    "another task died", after 310 s), which says nothing about the address."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, timeout_s)):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise TrainError(
+                    f"cannot reach the coordinator at {address} within {timeout_s:.0f} s ({exc.strerror or exc}): "
+                    "start process 0 first, or check --coordinator"
+                ) from None
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
 def connect(processes: Processes) -> None:
     """Join the other processes of the job (once per process). Nothing to do for a single process."""
     if not processes.many:
@@ -73,6 +103,11 @@ def connect(processes: Processes) -> None:
         raise TrainError(BACKEND_REFUSAL)
     import jax
 
+    if not processes.chief:  # process 0 is the coordinator; the others first check they can reach it
+        try:
+            wait_for_coordinator(processes.coordinator, JOIN_TIMEOUT_S)
+        except TrainError as exc:
+            raise TrainError(f"{processes}: {exc}") from None
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     # jax.distributed directly rather than keras.distribution.initialize (which calls it) to bound the
     # waits; Keras' other step there, agreeing on a seed, is moot: the run's seed is set beforehand.

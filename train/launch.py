@@ -28,6 +28,12 @@ LOCAL_FLAG = "--local-processes"
 STOP_GRACE_S = 60.0
 
 
+def max_local_processes() -> int:
+    """The most processes ``--local-processes`` starts: one per core (two on a one-core machine, so
+    the try-out still runs). 100 processes on 2 cores only queued for the CPU and filled memory."""
+    return max(2, os.cpu_count() or 1)
+
+
 def without_local_flag(argv: list[str]) -> list[str]:
     """The command line a process of the job runs: the launcher's, less ``--local-processes N``."""
     kept, skip = [], False
@@ -62,19 +68,28 @@ def run_local_job(argv: list[str], count: int) -> int:
 def _watch(children: list[subprocess.Popen]) -> int:
     """Wait for every process; after the first failure, give the others STOP_GRACE_S to stop."""
     deadline = float("inf")
+    first: list[tuple[int, int]] = []  # the failures seen at the first poll that saw any
     while any(child.poll() is None for child in children):
-        if deadline == float("inf") and any(child.returncode for child in children):
-            deadline = time.monotonic() + STOP_GRACE_S
+        if not first:
+            first = [(index, child.returncode) for index, child in enumerate(children) if child.returncode]
+            if first:
+                deadline = time.monotonic() + STOP_GRACE_S
         if time.monotonic() > deadline:
             _stop(children)
         time.sleep(0.2)
-    failed = [(index, child.returncode) for index, child in enumerate(children) if child.returncode]
+    failed = first or [(index, child.returncode) for index, child in enumerate(children) if child.returncode]
     if not failed:
         return 0
-    # The cause rather than its echoes: a process killed by a signal, else the lowest-numbered that failed
-    # (the others' collectives broke because of it, usually within the same polling interval).
-    index, code = min(failed, key=lambda failure: (failure[1] > 0, failure[0]))
+    index, code = min(failed, key=_blame_order)
     raise TrainError(f"process {index} of {len(children)} {_ended(code)}; the job stopped: continue with --resume")
+
+
+def _blame_order(failure: tuple[int, int]) -> tuple[bool, bool, int]:
+    """The cause rather than its echoes, among the failures seen first (the others' collectives break
+    seconds later, and JAX then aborts them with SIGABRT): a process killed from outside (a signal other
+    than SIGABRT), then one that exited with an error, then one JAX aborted; the lowest-numbered first."""
+    index, code = failure
+    return (code == -signal.SIGABRT, code > 0, index)
 
 
 def _ended(code: int) -> str:
