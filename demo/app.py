@@ -136,8 +136,24 @@ class Demo:
     def datasets(self) -> list[str]:
         return list(dict.fromkeys(dataset for dataset, _ in self.models))
 
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions served for at least one model, int8 first."""
+        return [precision for precision in PRECISIONS if any(p == precision for _, p in self.models)]
+
+    @property
+    def first(self) -> tuple[str, str]:
+        """What the page shows first: the first model at its first served precision (int8 where
+        there is one; an export without a usable int8 serves its fp32)."""
+        return next(iter(self.models))
+
     def model(self, dataset: str, precision: str) -> LoadedModel:
-        if not (isinstance(dataset, str) and isinstance(precision, str)) or (dataset, precision) not in self.models:
+        if not (isinstance(dataset, str) and isinstance(precision, str)):
+            raise gr.Error(f"{BAD_REQUEST}: no such model", print_exception=False)
+        if (dataset, precision) not in self.models:
+            if dataset in self.datasets and precision in PRECISIONS:
+                message = f"{as_text(dataset)} has no published {precision} artifact: choose another precision"
+                raise gr.Error(message, print_exception=False)
             raise gr.Error(f"{BAD_REQUEST}: no such model", print_exception=False)
         return self.models[(dataset, precision)]
 
@@ -178,10 +194,16 @@ EXAMPLES_LOADING = "Loading the example images..."
 EXAMPLES_LATE = "The example images are still being prepared: reload the page in a moment."
 
 
-def examples_note(examples: dict[str, list[Path]], data_dir: Path | None) -> str:
-    """The line above the examples. The page is served to every client, so it never shows a server path."""
+def examples_note(examples: dict[str, list[Path]], data_dir: Path | None, held: list[str] | None = None) -> str:
+    """The line above the examples. The page is served to every client, so it never shows a server path.
+    ``held``: the datasets the data directory holds, which may not be those of the served models."""
     if any(examples.values()):
         return "Examples: the first image of each class in the official test splits."
+    if data_dir and held:
+        return (
+            f"No examples: the served models were not gated on a dataset of the data directory (it holds "
+            f"{' and '.join(held)}); examples come from the test split of the dataset each export names."
+        )
     if data_dir:
         log.warning("no examples: %s holds neither dataset", data_dir)
     where = "the data directory holds neither dataset" if data_dir else f"no data directory is set ({DATA_DIR_ENV})"
@@ -243,7 +265,8 @@ def example_filler(demo: Demo, examples: ExampleLoader, names: list[str]) -> Cal
         shown = [
             [(str(path), example_label(path, demo.labels(name))) for path in found.get(name, [])] for name in names
         ]
-        return [examples_note(found, examples.data_dir), *(gr.Gallery(value=v, visible=bool(v)) for v in shown)]
+        note = examples_note(found, examples.data_dir, examples.held)
+        return [note, *(gr.Gallery(value=v, visible=bool(v)) for v in shown)]
 
     return fill
 
@@ -251,7 +274,7 @@ def example_filler(demo: Demo, examples: ExampleLoader, names: list[str]) -> Cal
 def _input_panel(demo: Demo) -> Inputs:
     with gr.Row():
         dataset = gr.Radio(demo.datasets, value=demo.datasets[0], label="Model")
-        precision = gr.Radio(list(PRECISIONS), value="int8", label="Precision")
+        precision = gr.Radio(demo.precisions, value=demo.first[1], label="Precision")
     with gr.Tabs():
         with gr.Tab("Upload"):
             upload = gr.Image(
@@ -293,7 +316,7 @@ def _output_panel(demo: Demo) -> list:
     label = gr.Label(num_top_classes=TOP_K, label="Prediction")
     seen = gr.Image(label="What the model sees (after preprocessing)", interactive=False, height=240)
     latency = gr.Markdown(elem_id="latency")
-    card = gr.Markdown(demo.card(demo.datasets[0], "int8"), elem_id="model-card")
+    card = gr.Markdown(demo.card(*demo.first), elem_id="model-card")
     return [label, seen, latency, card]
 
 

@@ -143,6 +143,7 @@ class ExampleLoader:
         self._folders = folders
         self._writer = writer
         self._found: dict[str, list[Path]] = {}
+        self.held: list[str] = []  # the datasets whose examples the data directory gave
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._load, name="demo-examples", daemon=True)
 
@@ -154,7 +155,9 @@ class ExampleLoader:
         try:
             if self._writer is not None:
                 self._writer.wait(WRITER_TIMEOUT_S)
-            self._found = examples_for(self._folders, find_examples(self.data_dir))
+            by_dataset = find_examples(self.data_dir)
+            self.held = [name for name, paths in by_dataset.items() if paths]
+            self._found = examples_for(self._folders, by_dataset)
         except Exception as exc:  # a page without examples still classifies; the reason goes to the log
             log.warning("no examples: %s", first_line(exc))
         finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from runtime.artifacts import MANIFEST, default_models_dir, read_manifest  # noq
 from runtime.errors import ModelError  # noqa: E402
 from train.datasets import ARRAYS_NAME, Dataset, image_array, label_array, load_dataset  # noqa: E402
 from train.errors import DataError  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -191,12 +194,32 @@ def _dataset(data, calibration, labels, data_dir, model: keras.Model) -> Dataset
     if calibration is None:
         raise ExportError("calibration: give training images to calibrate on (never the test images)")
     x_train, y_train = _calibration(calibration, x_test.shape[1:])
+    _refuse_test_images(x_train, x_test)
     outputs = int(model.output_shape[-1])
-    classes = len(labels) if labels is not None else (2 if outputs == 1 else outputs)  # 1: a binary sigmoid
+    classes = 2 if outputs == 1 else outputs  # 1: a binary sigmoid, exported as two classes
+    if labels is not None and len(labels) != classes:
+        raise ExportError(f"labels: {len(labels)} names, but the model gives {classes} class scores")
     if y_test.min() < 0 or y_test.max() >= classes:
         raise ExportError(f"y_test: labels must lie in 0..{classes - 1}")
     names = tuple(labels) if labels is not None else tuple(str(i) for i in range(classes))
     return Dataset(ARRAYS_NAME, names, x_train, y_train, x_test, y_test)
+
+
+MAX_SHARED_FRACTION = 0.01  # splits of real datasets share a few exact duplicates; a test split given twice, all
+
+
+def _refuse_test_images(calibration: np.ndarray, x_test: np.ndarray) -> None:
+    """Refuse calibration images that are the test images: calibrating on the split that gates makes
+    the gate measure the calibration's fit (``calibration=x_test`` was accepted without a word)."""
+    test = {image.tobytes() for image in x_test}
+    shared = sum(image.tobytes() in test for image in calibration)
+    if shared > MAX_SHARED_FRACTION * len(calibration):
+        raise ExportError(
+            f"calibration: {shared} of its {len(calibration)} images are test images (x_test); calibrate on "
+            "training images: the test split must only measure"
+        )
+    if shared:
+        log.warning("calibration: %d of its %d images also appear in x_test", shared, len(calibration))
 
 
 def _images(array, name: str) -> np.ndarray:

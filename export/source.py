@@ -181,6 +181,8 @@ def import_user_module(path: Path) -> None:
     """Run the user's own module (``--custom-objects``), so that the layers it registers with
     ``@keras.saving.register_keras_serializable`` are known when the model is loaded. This runs the
     user's code, as importing it would: the flag exists for the user's own files."""
+    if path.is_dir():
+        raise ExportError(f"{path}: is a directory; --custom-objects takes one Python file (a package's __init__.py)")
     if not path.is_file():
         raise ExportError(f"{path}: no such file (--custom-objects)")
     spec = importlib.util.spec_from_file_location(f"edgepack_user_{path.stem}", path)
@@ -190,6 +192,8 @@ def import_user_module(path: Path) -> None:
     sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # sys.exit() at import ended the export with rc 0, nothing written, no word
+        raise ExportError(f"{path}: the module called sys.exit({exc.code!r}) while being imported") from None
     except Exception as exc:  # the user's code can fail in any way
         raise ExportError(f"{path}: importing it failed ({one_line(exc, 300)})") from None
 

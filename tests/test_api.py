@@ -4,6 +4,7 @@ the command line, and bad arguments raise the package's errors instead of exitin
 from __future__ import annotations
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -55,20 +56,26 @@ def test_an_in_memory_model_on_arrays_is_gated_and_published(model, arrays, tmp_
         ("float-images", {"calibration": "train"}, "expected uint8 images"),
         ("arrays", {"calibration": "train", "formats": ["onnx_qat_int8"]}, "unknown formats"),
         ("arrays", {"calibration": "train", "color": True}, "unknown options ['color']"),
-        ("arrays", {"calibration": "train", "labels": ["a", "b"]}, "labels must lie in 0..1"),
+        # U14: two names for a 10-score model were blamed on y_test ("labels must lie in 0..1")
+        ("arrays", {"calibration": "train", "labels": ["a", "b"]}, "labels: 2 names, but the model gives 10 class"),
+        # U13: the test split given as calibration was accepted without a word
+        ("arrays", {"calibration": "test"}, "calibration: 100 of its 100 images are test images (x_test)"),
+        # U12: zero images were "expected uint8 images NxHxW", of an array of uint8 NxHxW
+        ("no-images", {"calibration": "train"}, "x_test: no images to use (an array of shape (0, 28, 28))"),
         ("arrays", {"calibration": "train", "pixel_range": (1, 0)}, "HIGH must be above LOW"),
         ("fashion_mnist", {"calibration": "train"}, "a named dataset calibrates on its own training split"),
     ],
 )
 def test_bad_arguments_raise_the_package_s_error(model, arrays, tmp_path, data, options, message):
     x_train, _, x_test, y_test = arrays
-    if options.get("calibration") == "train":
-        options = {**options, "calibration": x_train[:100]}
+    if options.get("calibration") in ("train", "test"):
+        options = {**options, "calibration": (x_train if options["calibration"] == "train" else x_test)[:100]}
     given = {
+        "no-images": (x_test[:0], y_test[:0]),
         "arrays": (x_test[:100], y_test[:100]),
         "arrays-without-calibration": (x_test[:100], y_test[:100]),
         "float-images": (x_test[:100].astype(np.float32), y_test[:100]),
     }.get(data, data)
-    with pytest.raises(ExportError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ExportError, match=re.escape(message)):
         export_model(model, given, out=tmp_path / "out", **options)
     assert not (tmp_path / "out").exists()

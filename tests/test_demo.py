@@ -245,6 +245,27 @@ def test_without_data_the_demo_says_where_examples_come_from():
     assert "EDGEPACK_DATA_DIR" in note and "--data-dir" in note
 
 
+def test_the_examples_note_tells_a_data_directory_of_other_datasets_from_an_empty_one(shared_data, tmp_path):
+    """U9: serving exports of other datasets, the demo said "the data directory holds neither dataset"
+    of a directory holding both."""
+    import shutil
+
+    from demo.app import examples_note
+    from demo.examples import ExampleLoader
+
+    folder = tmp_path / "my-arrays-export"
+    folder.mkdir()
+    manifest = json.loads((MODELS / "fashion_mnist" / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"dataset": "arrays"}))
+    shutil.copy2(MODELS / "fashion_mnist" / "model_int8.onnx", folder)
+    loader = ExampleLoader([folder], shared_data).start()
+    found = loader.wait(300)
+    assert found == {"my-arrays-export": []} and loader.held == ["fashion_mnist", "cifar10"]
+    note = examples_note(found, shared_data, loader.held)
+    assert "neither" not in note and "it holds fashion_mnist and cifar10" in note
+    assert "neither dataset" in examples_note(found, tmp_path, [])
+
+
 def test_the_page_is_served_before_the_examples_are_found(shared_data, tmp_path, monkeypatch):
     """From an empty cache the examples take seconds to find (the CIFAR-10 tarball is read to its
     end); the server answers meanwhile, and each page load gets the examples once they are there."""
@@ -589,6 +610,30 @@ def test_the_sweeper_never_touches_the_users_own_gradio_temp_dir(tmp_path, monke
     os.utime(folder / "upload.png", (old, old))
     UploadSweeper(folder, max_bytes=1, max_age_s=60).sweep()
     assert keep.read_text() == "mine" and not (folder / "upload.png").exists()
+
+
+def test_an_export_without_a_usable_int8_is_served_at_fp32(tmp_path):
+    """H6: demo --model on an export with no usable int8 (an --formats onnx_fp32 export, or one whose
+    int8 was refused or tampered) died with a gradio.exceptions.Error traceback."""
+    import shutil
+
+    import gradio as gr
+
+    from demo.app import Demo, load_models
+    from demo.uploads import UploadPolicy
+
+    folder = tmp_path / "fp32-only"
+    folder.mkdir()
+    for name in ("manifest.json", "model_fp32.onnx", "model_int8.onnx"):
+        shutil.copy2(MODELS / "fashion_mnist" / name, folder / name)
+    with (folder / "model_int8.onnx").open("ab") as handle:
+        handle.write(b"tampered")
+    demo = Demo(load_models([folder]), UploadPolicy(tmp_path))
+    assert demo.precisions == ["fp32"] and demo.first == ("fp32-only", "fp32")
+    app, _ = create(parse_args(["--model", str(folder), "--port", str(free_port())]))
+    app.close()
+    with pytest.raises(gr.Error, match="has no published int8 artifact: choose another precision"):
+        demo.classify(None, "fp32-only", "int8")
 
 
 def test_a_malformed_manifest_is_skipped_with_a_warning_or_one_line(tmp_path, caplog):

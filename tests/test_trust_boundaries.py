@@ -291,3 +291,29 @@ def test_the_launcher_blames_the_process_that_failed_first(monkeypatch):
     with pytest.raises(TrainError, match="^process 1 of 3 exited with code 1"):
         watch(same_poll)
     assert watch([FakeProcess(at=1, code=0), FakeProcess(at=3, code=0)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "is a directory; --custom-objects takes one Python file"),  # U10: said "no such file"
+        ("import sys\nsys.exit(0)\n", "the module called sys.exit(0) while being imported"),  # U11: rc 0, silent
+        ("raise SystemExit('bye')\n", "the module called sys.exit('bye') while being imported"),
+    ],
+)
+def test_custom_objects_that_are_no_module_or_exit_are_one_line(tmp_path, small_data_dir, capsys, content, message):
+    from export.__main__ import main as export_main
+    from tests.conftest import ROOT
+
+    path = tmp_path / "layers"
+    if content is None:
+        path.mkdir()
+    else:
+        path = path.with_suffix(".py")
+        path.write_text(content)
+    model = ROOT / "models" / "fashion_mnist" / "model.keras"
+    args = ["--model", str(model), "--dataset", "fashion_mnist", "--data-dir", str(small_data_dir)]
+    assert export_main([*args, "--out", str(tmp_path / "out"), "--custom-objects", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

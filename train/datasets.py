@@ -69,8 +69,10 @@ ARRAYS_NAME = "arrays"  # the dataset name recorded for in-memory arrays
 def image_array(array, name: str) -> np.ndarray:
     """In-memory images as uint8 NxHxWxC (a missing channel axis added), or one clear error."""
     images = np.asarray(array)
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or not len(images):
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(f"{name}: expected uint8 images NxHxW or NxHxWxC, got {images.dtype} {images.shape}")
+    if not len(images) or not images[0].size:
+        raise DataError(f"{name}: no images to use (an array of shape {images.shape})")
     images = images[..., None] if images.ndim == 3 else images
     if images.shape[-1] not in (1, 3):
         raise DataError(f"{name}: images need 1 or 3 channels, got {images.shape[-1]}")
