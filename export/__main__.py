@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         default="all",
         help=f"{', '.join(REGISTRY)}, 'all' (release only), or an image-folder tree (train/<class>/*, "
-        "test/<class>/*; a directory or .tar.gz): its test split is what the gate measures (default: all)",
+        "test/<class>/*; a directory or .tar.gz; decoded at most 4 GiB in all, more with $EDGEPACK_MAX_DATASET_BYTES): "
+        "its test split is what the gate measures (default: all)",
     )
     parser.add_argument(
         "--formats",

@@ -40,6 +40,7 @@ from train.datasets import Dataset, load_dataset
 log = logging.getLogger(__name__)
 
 PROBABILITY_TOLERANCE = 1e-3
+PROBE_IMAGES = 64  # training images that show whether the model's outputs are probabilities
 
 # What an untrusted .keras archive may declare before Keras opens it (a zip's central directory
 # states every member's sizes): a 3 MB file inflating to 3 GiB of weights, a 1.5 GiB config.json
@@ -306,8 +307,7 @@ def with_probabilities(model: keras.Model, info: ModelInfo, data: Dataset) -> ke
     logit) becomes the two probabilities ``[1 - p, p]``, in every artifact.
     """
     inputs = keras.Input((info.height, info.width, info.channels), name="image")
-    sample = normalize(to_pixels(data.x_train[:64], info), replace(info, layout="NHWC"))
-    scores = np.asarray(model(sample, training=False))
+    scores = _scores(model, data.x_train[:PROBE_IMAGES], info)
     in_range = np.all(scores >= -PROBABILITY_TOLERANCE) and np.all(scores <= 1 + PROBABILITY_TOLERANCE)
     binary = scores.shape[1] == 1
     is_probability = in_range and (binary or np.allclose(scores.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE))
@@ -326,6 +326,15 @@ def with_probabilities(model: keras.Model, info: ModelInfo, data: Dataset) -> ke
         log.info("%s outputs scores that are not probabilities: a softmax is appended", model.name)
         outputs = keras.layers.Softmax(name="probabilities")(outputs)
     return keras.Model(inputs, outputs, name=f"{model.name}_export")
+
+
+def _scores(model: keras.Model, images: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """The model's outputs on ``images``, preprocessed and run in batches within the activation
+    budget (64 images of a 1024x1024 model in one batch reached 20.9 GB)."""
+    nhwc = replace(info, layout="NHWC")
+    size = inference_batch(model, PROBE_IMAGES)
+    batches = [images[start : start + size] for start in range(0, len(images), size)]
+    return np.concatenate([np.asarray(model(normalize(to_pixels(b, info), nhwc), training=False)) for b in batches])
 
 
 def _training_record(folder: Path) -> Training | None:

@@ -173,7 +173,9 @@ def to_pixels(source: ImageSource, info: ModelInfo, index: int = 0) -> np.ndarra
             return source
         if source.dtype == np.uint8 and source.ndim == 3 and source.shape == target:
             return source[None]
-        images = [_array_to_pil(image) for image in _array_images(source, name)]
+        # one full-size image at a time: a batch of large arrays made into images all at once took
+        # gigabytes before the first was resized
+        images = (_array_to_pil(image) for image in _array_images(source, name))
     elif isinstance(source, Image.Image):
         images = [source]
     elif isinstance(source, (bytes, bytearray, memoryview)):

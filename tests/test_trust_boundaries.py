@@ -317,3 +317,84 @@ def test_custom_objects_that_are_no_module_or_exit_are_one_line(tmp_path, small_
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_that_decodes_beyond_the_bound_is_one_line(tmp_path, monkeypatch):
+    """S5b: nothing bounded a dataset's decoded size: a 3.4 MB folder (a large first image, every
+    other image resized to it) took 2.9 GB of decode cache before it was killed."""
+    import numpy as np
+    from PIL import Image
+
+    from train.datasets import MAX_DECODED_ENV, load_image_folder
+    from train.errors import DataError
+
+    monkeypatch.setenv("EDGEPACK_CACHE_DIR", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+    Image.fromarray(np.zeros((1000, 1000), np.uint8)).save(tmp_path / "data" / "test" / "a" / "0.png")  # 1 MB decoded
+    for number in range(8):
+        for split in ("train", "test"):
+            for label in ("a", "b"):
+                Image.fromarray(np.full((8, 8), number, np.uint8)).save(tmp_path / "data" / split / label / f"{number}x.png")
+    monkeypatch.setenv(MAX_DECODED_ENV, str(5 * 1000 * 1000))
+    with pytest.raises(DataError, match=r"the decoded images pass 5000000 bytes at .*first one's size, 1000x1000"):
+        load_image_folder(tmp_path / "data")
+    assert not list((tmp_path / "cache").rglob("*.npz"))  # no decode cache written
+    monkeypatch.setenv(MAX_DECODED_ENV, "lots")
+    with pytest.raises(DataError, match=r"\$EDGEPACK_MAX_DATASET_BYTES: expected a number of bytes"):
+        load_image_folder(tmp_path / "data")
+
+
+def test_image_arrays_are_resized_one_at_a_time(monkeypatch):
+    """M2: a batch array became full-size PIL images all at once before any was resized."""
+    import numpy as np
+
+    import runtime.preprocess
+    from runtime.metadata import ModelInfo
+
+    made, fitted, outstanding = [0], [0], []
+    to_pil, fit = runtime.preprocess._array_to_pil, runtime.preprocess.fit_image
+
+    def counting_to_pil(array):
+        made[0] += 1
+        return to_pil(array)
+
+    def counting_fit(*args):
+        outstanding.append(made[0] - fitted[0])
+        fitted[0] += 1
+        return fit(*args)
+
+    monkeypatch.setattr(runtime.preprocess, "_array_to_pil", counting_to_pil)
+    monkeypatch.setattr(runtime.preprocess, "fit_image", counting_fit)
+    pixels = runtime.preprocess.to_pixels(np.zeros((10, 300, 300, 3), np.uint8), ModelInfo(("a", "b"), 28, 28, 1))
+    assert pixels.shape == (10, 28, 28, 1) and made[0] == 10 and max(outstanding) == 1
+
+
+def test_the_probability_probe_runs_within_the_activation_budget():
+    """M1: export ran the model on 64 training images in one batch, outside the activation budget: a
+    1024x1024 model reached 20.9 GB and was killed."""
+    import keras
+    import numpy as np
+
+    from export.source import PROBE_IMAGES, Preprocessing, describe, inference_batch, with_probabilities
+    from train.datasets import Dataset
+
+    seen = []
+
+    class Recorder(keras.layers.Layer):
+        def call(self, x):
+            if x.shape[0] is not None:  # an eager call, not Keras tracing the graph
+                seen.append(int(x.shape[0]))
+            return x
+
+    inputs = keras.Input((512, 512, 1))
+    hidden = keras.layers.Conv2D(64, 3, padding="same")(Recorder()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(hidden)))
+    images = np.random.default_rng(0).integers(0, 256, (PROBE_IMAGES, 28, 28, 1), dtype=np.uint8)
+    labels = np.arange(PROBE_IMAGES) % 2
+    data = Dataset("arrays", ("a", "b"), images, labels, images[:8], labels[:8])
+    info = describe(model, data, ("a", "b"), Preprocessing(), None)
+    seen.clear()
+    with_probabilities(model, info, data)  # logits: a softmax is appended
+    assert seen and sum(seen) == PROBE_IMAGES and max(seen) <= inference_batch(model) < PROBE_IMAGES

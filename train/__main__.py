@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dataset",
         default="all",
         help=f"{', '.join(REGISTRY)}, 'all', or the path of an image-folder tree "
-        "(train/<class>/*, test/<class>/*; a directory or .tar.gz) (default: all)",
+        "(train/<class>/*, test/<class>/*; a directory or .tar.gz; decoded at most 4 GiB in all, "
+        "more with $EDGEPACK_MAX_DATASET_BYTES) (default: all)",
     )
     parser.add_argument(
         "--arch",

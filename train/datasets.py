@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import os
 import pickle
 import struct
@@ -41,6 +42,19 @@ CACHE_DIR_ENV = "EDGEPACK_CACHE_DIR"
 OFFLINE_ENV = "EDGEPACK_OFFLINE"
 _CACHE_VERSION = "2"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+MAX_DECODED_ENV = "EDGEPACK_MAX_DATASET_BYTES"
+# An image folder's decoded pixels, all splits: CIFAR-10 is 184 MB, 100,000 images at 224x224 are
+# 15 GB. A 3.4 MB folder whose first image was large decoded to 2.9 GB before this bound.
+MAX_DECODED_BYTES = 4 * 1024**3
+
+
+def max_decoded_bytes() -> int:
+    """The bound on an image folder's decoded size: ``$EDGEPACK_MAX_DATASET_BYTES``, else 4 GiB."""
+    value = os.environ.get(MAX_DECODED_ENV, "")
+    try:
+        return int(value) if value else MAX_DECODED_BYTES
+    except ValueError:
+        raise DataError(f"${MAX_DECODED_ENV}: expected a number of bytes, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -263,10 +277,12 @@ def _walk_tarball(archive: Path) -> Iterator[Entry]:
 
 
 def _decode_entries(entries: Iterator[Entry], source: Path, labels: tuple[str, ...] | None) -> Dataset:
-    """Decode every image of a tree walk, sizing them like the first image seen."""
+    """Decode every image of a tree walk, sizing them like the first image seen, within
+    :func:`max_decoded_bytes` in all."""
     collected: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "test": []}
     folders: dict[str, set[str]] = {"train": set(), "test": set()}
     shape: tuple[int, int, int] | None = None
+    limit, decoded = max_decoded_bytes(), 0
     for split, label, name, data in tqdm(entries, desc=f"decoding {source.name}", unit=" img", mininterval=2):
         if data is None:
             folders[split].add(label)
@@ -275,6 +291,12 @@ def _decode_entries(entries: Iterator[Entry], source: Path, labels: tuple[str, .
             image = decode_image(data, name)
             if shape is None:
                 shape = (image.height, image.width, _channels(image))
+            decoded += math.prod(shape)
+            if decoded > limit:
+                raise DataError(
+                    f"{source}: the decoded images pass {limit} bytes at {name} (every image is decoded at the first "
+                    f"one's size, {shape[1]}x{shape[0]}); resize the images, or raise ${MAX_DECODED_ENV}"
+                )
             pixels = fit_image(image, *shape, name)
         except InputError as exc:
             raise DataError(str(exc)) from None
