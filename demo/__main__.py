@@ -162,6 +162,7 @@ def launch(app, folders: list[str], args: argparse.Namespace, block: bool = True
     from starlette.middleware import Middleware
 
     from demo.login import ClientAddress, LoginGuard
+    from demo.uploads import RefuseNulRequests
 
     trust_forwarding_from(args.trusted_proxy)
     auth = LoginGuard(read_auth_file(args.auth_file)).check if args.auth_file else None
@@ -181,7 +182,7 @@ def launch(app, folders: list[str], args: argparse.Namespace, block: bool = True
         ssr_mode=False,
         prevent_thread_lock=not block,
         quiet=not block,
-        app_kwargs={"middleware": [Middleware(ClientAddress)]},
+        app_kwargs={"middleware": [Middleware(ClientAddress), Middleware(RefuseNulRequests)]},
     )
 
 

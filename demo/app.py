@@ -22,7 +22,7 @@ import gradio as gr
 import numpy as np
 
 from demo.examples import DATASETS, ExampleLoader, example_label
-from demo.uploads import UploadPolicy
+from demo.uploads import BAD_REQUEST, UploadPolicy
 from runtime.artifacts import MANIFEST, manifest_entry, read_manifest
 from runtime.classifier import Classifier
 from runtime.errors import InputError, ModelError
@@ -36,7 +36,6 @@ TOP_K = 5
 VIEW_SIZE = 224  # the preprocessed image is enlarged with nearest-neighbour, so pixels stay exact
 SKETCH_SIZE = 280
 INPUT_ERROR = "Not a usable image"
-BAD_REQUEST = "Not a usable request"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -59,6 +60,12 @@ class _StartingHandler(BaseHTTPRequestHandler):
         log.debug("while starting: %s", format % args)
 
 
+def _dropped(server: ThreadingHTTPServer, request, client_address) -> None:
+    """A client that resets or drops its connection while the demo starts is no error of the
+    server's: one debug line, not socketserver's traceback on stderr for each of them."""
+    log.debug("while starting: %s dropped the connection (%s)", client_address, sys.exc_info()[1])
+
+
 class StartingPage:
     """The stand-in server: :meth:`open` binds and serves in a daemon thread, :meth:`close` frees the port."""
 
@@ -71,7 +78,8 @@ class StartingPage:
     def open(cls, host: str, port: int) -> StartingPage:
         """Bind ``host:port`` (IPv4 or IPv6) as Gradio will; an OSError says the port cannot be served."""
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        server_class = type("StartingServer", (ThreadingHTTPServer,), {"address_family": family})  # daemon threads
+        attributes = {"address_family": family, "handle_error": _dropped}
+        server_class = type("StartingServer", (ThreadingHTTPServer,), attributes)  # daemon threads
         return cls(server_class((host, port), _StartingHandler))
 
     def close(self) -> None:

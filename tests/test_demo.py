@@ -365,11 +365,18 @@ def test_browser_uploads_an_image_and_reads_the_prediction(server, examples, tmp
         (None, {"a": 1}),
         (None, ["cifar10"]),
         ({"url": 42, "orig_name": {"x": 1}}, "cifar10"),
+        # S8: with Gradio's own FileData marker, Gradio checks the path itself first
+        ({"path": "/tmp/a\0b.png", "meta": {"_type": "gradio.FileData"}}, "cifar10"),
+        ({"path": "a\0b.png", "url": "x\0y", "meta": {"_type": "gradio.FileData"}}, "cifar10"),
     ],
-    ids=["dict-path", "nul-byte", "list-path", "dict-dataset", "list-dataset", "odd-types"],
+    ids=["dict-path", "nul-byte", "list-path", "dict-dataset", "list-dataset", "odd-types", "nul-meta", "nul-meta-url"],
 )
 def test_crafted_requests_get_one_line_messages(server, client, examples, payload, dataset):
-    event, data = raw_call(server, "classify", payload, dataset=dataset)
+    try:
+        event, data = raw_call(server, "classify", payload, dataset=dataset)
+    except urllib.error.HTTPError as exc:  # refused before Gradio reads it
+        event, data = "error", json.loads(exc.read())
+        assert exc.code == 400 and data == {"detail": "Not a usable request: it contains a NUL character"}
     text = json.dumps(data)
     assert event == "error", data
     for leak in ("unhashable", "embedded null", "index out of range", "Traceback", "object has no attribute"):
@@ -709,6 +716,26 @@ def test_browser_classifies_with_an_export_folder(export_server, ankle_boot, tmp
 
 
 # --- Start-up: the port answers while Gradio imports
+
+
+def test_clients_that_reset_during_start_up_leave_no_traceback(capfd):
+    """H7: each client that reset its connection while the demo started left a traceback in the log."""
+    import socket
+    import struct
+
+    from demo.starting import StartingPage
+
+    port = free_port()
+    page = StartingPage.open("127.0.0.1", port)
+    try:
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", port)) as connection:
+                connection.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # half a request, then a reset
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert starting_answer(f"http://127.0.0.1:{port}/", "GET").code == 503  # still answering
+    finally:
+        page.close()
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def starting_answer(url: str, method: str) -> urllib.error.HTTPError:
