@@ -23,6 +23,7 @@ from demo.uploads import parse_size  # noqa: E402
 DEFAULT_MAX_FILE_SIZE = "10mb"
 DEFAULT_UPLOAD_STORAGE = "256mb"
 UPLOAD_MAX_AGE_S = 600
+DEFAULT_RUN_TIMEOUT_S = 30.0
 UPLOADS_PREFIX = "edgepack-demo-uploads-"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -73,6 +74,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "X-Forwarded-For header names the real client, for login throttling and logs; repeatable. Default: none, "
         "every client is its connection's own address and forwarding headers are ignored",
     )
+    parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=DEFAULT_RUN_TIMEOUT_S,
+        metavar="S",
+        help=f"stop a model that has not answered a request after S seconds (default: {DEFAULT_RUN_TIMEOUT_S:g}); "
+        "the models' memory is bounded by $EDGEPACK_MAX_INFERENCE_BYTES (default: 2 GiB)",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="requests run at once (default: 4)")
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting at most (default: 64)")
     args = parser.parse_args(argv)
@@ -90,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             parser.error(f"--trusted-proxy: not an IP address or network: {proxy!r}")
+    if not 0 < args.run_timeout < float("inf"):
+        parser.error("--run-timeout must be a positive number of seconds")
     if args.concurrency < 1 or args.queue_size < 1:
         parser.error("--concurrency and --queue-size must be at least 1")
     return args
@@ -121,9 +132,11 @@ def create(args: argparse.Namespace):
     from demo.app import Demo, build_app, load_models, release_folders
     from demo.uploads import UploadPolicy, UploadSweeper
     from runtime.artifacts import default_models_dir
+    from runtime.classifier import cap_inference_memory
 
+    cap_inference_memory()
     folders = args.model or release_folders(args.models_dir or default_models_dir())
-    demo = Demo(load_models(folders), UploadPolicy.for_gradio(args.max_file_size))
+    demo = Demo(load_models(folders, args.run_timeout), UploadPolicy.for_gradio(args.max_file_size))
     sweeper = UploadSweeper(demo.uploads.folder, args.max_upload_storage, UPLOAD_MAX_AGE_S).start()
     atexit.register(sweeper.stop)
     app = build_app(demo, ExampleLoader(folders, data_dir, writer).start())

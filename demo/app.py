@@ -25,7 +25,7 @@ from demo.examples import DATASETS, ExampleLoader, example_label
 from demo.uploads import BAD_REQUEST, UploadPolicy
 from runtime.artifacts import MANIFEST, manifest_entry, read_manifest
 from runtime.classifier import Classifier
-from runtime.errors import InputError, ModelError
+from runtime.errors import InferenceStopped, InputError, ModelError
 from runtime.preprocess import decode_image, fit_image
 from train.datasets import DATA_DIR_ENV
 
@@ -72,7 +72,7 @@ def release_folders(models_dir: Path) -> list[Path]:
     return [models_dir / dataset for dataset in DATASETS]
 
 
-def load_models(folders: list[Path]) -> dict[tuple[str, str], LoadedModel]:
+def load_models(folders: list[Path], run_timeout_s: float | None = None) -> dict[tuple[str, str], LoadedModel]:
     """Every published fp32 and int8 ONNX artifact of each export folder, loaded once (sessions are
     thread-safe), under the folder's name: a release's ``models/<dataset>`` or any ``--out`` folder."""
     found = {}
@@ -87,7 +87,9 @@ def load_models(folders: list[Path]) -> dict[tuple[str, str], LoadedModel]:
             continue
         for precision in PRECISIONS:
             try:
-                classifier = Classifier.for_dataset(folder.name, precision, folder.parent, threads=1)
+                classifier = Classifier.for_dataset(
+                    folder.name, precision, folder.parent, threads=1, run_timeout_s=run_timeout_s
+                )
             except ModelError as exc:
                 log.warning("%s", exc)
                 continue
@@ -179,6 +181,11 @@ class Demo:
             done = time.perf_counter()
         except InputError as exc:
             raise gr.Error(f"{INPUT_ERROR}: {exc}", print_exception=False) from None
+        except ModelError as exc:  # the model's own failure: the client gets no server path
+            log.warning("%s", exc)
+            stopped = loaded.classifier.run_timeout_s if isinstance(exc, InferenceStopped) else None
+            why = f"did not answer within {stopped:g} s and was stopped" if stopped else "failed on this image"
+            raise gr.Error(f"The model {why}; the server's log says more", print_exception=False) from None
         order = np.argsort(-probabilities)[:TOP_K]
         labels = {loaded.classifier.labels[i]: float(probabilities[i]) for i in order}
         latency = (

@@ -150,7 +150,9 @@ class RefuseNulRequests:
         body = b"".join(chunks)
         if b"\\u0000" in body or b"\0" in body:
             answer = json.dumps({"detail": f"{BAD_REQUEST}: it contains a NUL character"}).encode()
-            await send({"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]}
+            )
             await send({"type": "http.response.body", "body": answer})
             return
         replayed = False

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,8 +14,15 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.artifacts import find_artifact, verify_artifact
-from runtime.errors import ModelError
-from runtime.limits import MAX_BATCH_BYTES
+from runtime.errors import InferenceStopped, ModelError
+from runtime.limits import (
+    MAX_BATCH_BYTES,
+    MAX_INFERENCE_BYTES,
+    MAX_INFERENCE_BYTES_ENV,
+    MAX_RUN_SECONDS,
+    MAX_RUN_SECONDS_ENV,
+    from_environment,
+)
 from runtime.metadata import METADATA_KEY, ModelInfo
 from runtime.preprocess import ImageSource, as_sources, normalize, to_pixels
 from runtime.text import first_line
@@ -66,9 +76,85 @@ def open_session(path: Path, threads: int | None = None, spinning: bool = False)
         raise ModelError(f"{path}: empty model file")
     try:
         options = session_options(threads, spinning)
+        if _memory_capped:
+            options.add_session_config_entry("session.use_env_allocators", "1")
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise ModelError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
+
+
+_MEMORY_CAP_LOCK = threading.Lock()
+_memory_capped = False
+
+
+def cap_inference_memory() -> None:
+    """Make every session this process opens from now on allocate from one CPU memory arena capped at
+    ``MAX_INFERENCE_BYTES`` (``$EDGEPACK_MAX_INFERENCE_BYTES``): a run that needs more fails in one
+    line instead of taking the machine's memory. The commands that run models from files a user was
+    given call it (classify, the demo); a library user chooses. The arena keeps what it allocated
+    for the life of the process (sessions share and reuse it), so a long-lived process that opens
+    many models one after another, such as an export, is better off without it."""
+    global _memory_capped
+    with _MEMORY_CAP_LOCK:
+        if _memory_capped:
+            return
+        try:
+            cap = int(from_environment(MAX_INFERENCE_BYTES_ENV, MAX_INFERENCE_BYTES))
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+        memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(memory, ort.OrtArenaCfg(cap, -1, -1, -1))
+        _memory_capped = True
+
+
+class _Watchdog:
+    """Stops ONNX Runtime calls that outlive their deadline (``RunOptions.terminate``, which ONNX
+    Runtime checks between operators and loop iterations). One thread for the process, started on
+    first use; a call costs two dictionary updates, not a timer thread."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self._runs: dict[int, tuple[float, ort.RunOptions]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, options: ort.RunOptions, seconds: float) -> None:
+        with self._lock:
+            self._runs[id(options)] = (time.monotonic() + seconds, options)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="onnx-run-watchdog", daemon=True)
+                self._thread.start()
+
+    def done(self, options: ort.RunOptions) -> None:
+        with self._lock:
+            self._runs.pop(id(options), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            now = time.monotonic()
+            with self._lock:
+                for deadline, options in self._runs.values():
+                    if now > deadline:
+                        options.terminate = True
+
+    def stop_all(self) -> None:
+        """Stop every call in flight (at exit: a thread left inside ONNX Runtime aborted the process)."""
+        with self._lock:
+            for _, options in self._runs.values():
+                options.terminate = True
+
+
+_WATCHDOG = _Watchdog()
+atexit.register(_WATCHDOG.stop_all)
+
+
+def run_seconds() -> float:
+    """The longest one ONNX Runtime call may run: ``$EDGEPACK_MAX_RUN_SECONDS``, else ``MAX_RUN_SECONDS``."""
+    try:
+        return from_environment(MAX_RUN_SECONDS_ENV, MAX_RUN_SECONDS)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
 
 
 def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
@@ -113,9 +199,15 @@ class Classifier:
     """
 
     def __init__(
-        self, model: str | os.PathLike, threads: int | None = None, batch_size: int = 32, spinning: bool = False
+        self,
+        model: str | os.PathLike,
+        threads: int | None = None,
+        batch_size: int = 32,
+        spinning: bool = False,
+        run_timeout_s: float | None = None,
     ) -> None:
         self.path = Path(model)
+        self.run_timeout_s = run_timeout_s if run_timeout_s is not None else run_seconds()
         self.session = open_session(self.path, threads, spinning)
         verify_artifact(self.path)
         self.info = read_model_info(self.session, self.path)
@@ -150,10 +242,20 @@ class Classifier:
         return merged.astype(np.float32, copy=False)
 
     def _run_batch(self, pixels: np.ndarray) -> np.ndarray:
+        options = ort.RunOptions()
+        options.log_severity_level = 4  # the stop and a refused allocation are reported here, in one line
+        _WATCHDOG.watch(options, self.run_timeout_s)
         try:
-            return self.session.run(None, {self.input_name: normalize(pixels, self.info)})[0]
+            return self.session.run(None, {self.input_name: normalize(pixels, self.info)}, options)[0]
         except Exception as exc:  # onnxruntime's own exception types: bad shapes, failed allocations
+            if options.terminate:
+                raise InferenceStopped(
+                    f"{self.path}: inference stopped after {self.run_timeout_s:g} s, the limit per run "
+                    f"(${MAX_RUN_SECONDS_ENV}): the model did not finish"
+                ) from None
             raise ModelError(f"{self.path}: inference failed ({first_line(exc)})") from None
+        finally:
+            _WATCHDOG.done(options)
 
     def predict(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
         """The (N, num_classes) probabilities of one image or a sequence of them, decoded and

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.classifier import Classifier
+from runtime.classifier import Classifier, cap_inference_memory
 from runtime.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, fail
 from runtime.errors import InputError, RuntimeFailure
 from runtime.limits import MAX_BATCH_SIZE
@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout is not None:
         return run_in_worker(without_timeout(argv), args.timeout)
     try:
+        cap_inference_memory()
         if args.model:
             clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size, spinning=args.spin)
         else:

@@ -16,3 +16,7 @@ class InputError(RuntimeFailure):
 
 class ModelError(RuntimeFailure):
     """A model file that cannot be used: missing, corrupt, without metadata, or tampered with."""
+
+
+class InferenceStopped(ModelError):
+    """A model that did not finish a run within the time allowed, and was stopped."""

@@ -8,6 +8,24 @@ batches, with the commands' flags where they offer one).
 
 from __future__ import annotations
 
+import os
+
+
+def from_environment(name: str, default: float) -> float:
+    """A limit raised (or lowered) by an environment variable, else ``default``; a ValueError for a
+    value that is not a positive number."""
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"${name}: expected a positive number, got {text[:50]!r}")
+    return value
+
+
 # Images: a file's bytes and its pixels, checked before any pixel is decoded.
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -28,6 +46,15 @@ MAX_LABEL_CHARS = 1_000
 # manifest.json: a real one holds a few kilobytes per artifact; the reader refuses a larger file by
 # its size before reading it (a 12 KB sparse file of 1 GiB cost 2.1 GB of memory when read whole).
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+# One ONNX Runtime call: how long it may run before it is stopped (a graph with an endless Loop never
+# returned; every Classifier), and how much memory the sessions of a command that runs a given model
+# (classify, the demo) may allocate while running (one with a 3 GiB internal tensor allocated it). Our
+# models run a batch in milliseconds with a few MB; the environment variables raise both.
+MAX_RUN_SECONDS = 300.0
+MAX_RUN_SECONDS_ENV = "EDGEPACK_MAX_RUN_SECONDS"
+MAX_INFERENCE_BYTES = 2 * 1024**3
+MAX_INFERENCE_BYTES_ENV = "EDGEPACK_MAX_INFERENCE_BYTES"
 
 # Batches: images per call of the command-line tool, and input bytes per ONNX Runtime call (a model
 # declaring a large input runs in smaller batches, down to one image).

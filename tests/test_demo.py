@@ -643,6 +643,38 @@ def test_an_export_without_a_usable_int8_is_served_at_fp32(tmp_path):
         demo.classify(None, "fp32-only", "int8")
 
 
+def test_a_model_that_never_answers_is_stopped_and_the_demo_keeps_serving(tmp_path):
+    """S6: four requests to a looping model blocked every model of the demo, and SIGTERM then aborted
+    the server. Each run now stops at --run-timeout with a one-line answer."""
+    import shutil
+    import time
+
+    import gradio as gr
+
+    from demo.app import Demo, load_models
+    from demo.uploads import UploadPolicy
+    from runtime.artifacts import sha256_of
+    from tests.test_untrusted_models import tiny_model
+
+    loopy = tmp_path / "loopy"
+    loopy.mkdir()
+    shutil.copy2(tiny_model(tmp_path, "loop"), loopy / "model_int8.onnx")
+    entry = {"path": "model_int8.onnx", "format": "onnx", "precision": "int8", "passed": True}
+    entry["sha256"] = sha256_of(loopy / "model_int8.onnx")
+    (loopy / "manifest.json").write_text(json.dumps({"artifacts": [entry]}))
+    demo = Demo(load_models([loopy, MODELS / "fashion_mnist"], run_timeout_s=1), UploadPolicy(tmp_path))
+    image = {"url": "data:image/png;base64," + base64.b64encode(png_bytes()).decode(), "orig_name": "x.png"}
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        stuck = [pool.submit(demo.classify, image, "loopy", "int8") for _ in range(4)]
+        labels, *_ = demo.classify(image, "fashion_mnist", "int8")  # the other model answers meanwhile
+        assert labels
+        for future in stuck:
+            with pytest.raises(gr.Error, match="The model did not answer within 1 s and was stopped"):
+                future.result(timeout=60)
+    assert time.monotonic() - started < 30
+
+
 def test_a_malformed_manifest_is_skipped_with_a_warning_or_one_line(tmp_path, caplog):
     import shutil
     import subprocess

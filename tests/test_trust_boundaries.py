@@ -336,7 +336,9 @@ def test_a_folder_that_decodes_beyond_the_bound_is_one_line(tmp_path, monkeypatc
     for number in range(8):
         for split in ("train", "test"):
             for label in ("a", "b"):
-                Image.fromarray(np.full((8, 8), number, np.uint8)).save(tmp_path / "data" / split / label / f"{number}x.png")
+                Image.fromarray(np.full((8, 8), number, np.uint8)).save(
+                    tmp_path / "data" / split / label / f"{number}x.png"
+                )
     monkeypatch.setenv(MAX_DECODED_ENV, str(5 * 1000 * 1000))
     with pytest.raises(DataError, match=r"the decoded images pass 5000000 bytes at .*first one's size, 1000x1000"):
         load_image_folder(tmp_path / "data")

@@ -19,6 +19,7 @@ from runtime.errors import InputError, ModelError
 from runtime.metadata import METADATA_KEY, ModelInfo
 from runtime.preprocess import IMAGE_FORMATS, decode_image
 from runtime.text import printable
+from tests.conftest import ROOT
 from tests.test_hardening import one_line_error, run, with_metadata
 
 LABELS = ["a", "b", "c", "d"]
@@ -32,6 +33,11 @@ def tiny_model(tmp_path, body: str = "plain", labels=LABELS, batch: int | str = 
     inits = [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])]
     if body == "nan":
         nodes.append(helper.make_node("Div", ["zero", "zero"], ["extra"]))  # 0/0
+    elif body == "huge":  # a 3 GiB tensor inside the graph, summed away
+        fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [0.0])
+        inits.append(helper.make_tensor("huge_shape", TensorProto.INT64, [1], [3 * 2**28]))
+        nodes.append(helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"], value=fill))
+        nodes.append(helper.make_node("ReduceSum", ["huge"], ["extra"], keepdims=0))
     elif body == "loop":
         loop_body = helper.make_graph(
             [
@@ -128,6 +134,52 @@ def test_an_endless_model_is_stopped_by_timeout(tmp_path):
     assert "stopped after 3 s (--timeout)" in one_line_error(result.stderr)
     plain = run("runtime.classify", png(tmp_path, "y.png"), "--model", tiny_model(tmp_path), "--timeout=30", text=True)
     assert plain.returncode == 0 and plain.stdout.count("\n") == 1  # the worker's output comes through
+
+
+LIMIT = "EDGEPACK_MAX_RUN_SECONDS"
+PEAK_OF_CLASSIFY = """
+import resource, runpy, sys
+sys.argv = ["classify", *sys.argv[1:]]
+try:
+    runpy.run_module("runtime.classify", run_name="__main__")
+except SystemExit as exc:
+    print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    raise
+"""
+
+
+def test_an_endless_model_is_stopped_without_timeout_too(tmp_path):
+    """S6: without --timeout an endless model had no bound: each ONNX Runtime call now has one."""
+    model = tiny_model(tmp_path, "loop")
+    started = time.monotonic()
+    result = run("runtime.classify", png(tmp_path, "x.png"), "--model", model, text=True, env={LIMIT: "2"})
+    assert result.returncode == 2 and time.monotonic() - started < 60
+    message = one_line_error(result.stderr)
+    assert "inference stopped after 2 s, the limit per run ($EDGEPACK_MAX_RUN_SECONDS)" in message
+    bad = run("runtime.classify", png(tmp_path, "y.png"), "--model", model, text=True, env={LIMIT: "soon"})
+    assert bad.returncode == 2 and "$EDGEPACK_MAX_RUN_SECONDS: expected a positive number" in one_line_error(bad.stderr)
+
+
+def test_a_model_that_allocates_gigabytes_inside_is_refused_in_bounded_memory(tmp_path):
+    """S6: a model with a 3 GiB internal tensor allocated it; classify caps the sessions' memory."""
+    import subprocess
+    import sys
+
+    model = tiny_model(tmp_path, "huge")
+    command = [sys.executable, "-c", PEAK_OF_CLASSIFY, png(tmp_path, "x.png"), "--model", model]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "inference failed" in one_line_error("\n".join(lines[:-1]))
+    assert int(lines[-1].split()[1]) < 1024 * 1024  # KiB: the child's peak stayed well under 1 GiB
+    roomy = run(
+        "runtime.classify",
+        png(tmp_path, "y.png"),
+        "--model",
+        model,
+        text=True,
+        env={"EDGEPACK_MAX_INFERENCE_BYTES": str(4 * 2**30)},
+    )
+    assert roomy.returncode == 0, roomy.stderr  # the user can raise the bound
 
 
 def test_non_finite_scores_are_refused_per_image(tmp_path):
