@@ -400,3 +400,18 @@ def test_the_probability_probe_runs_within_the_activation_budget():
     seen.clear()
     with_probabilities(model, info, data)  # logits: a softmax is appended
     assert seen and sum(seen) == PROBE_IMAGES and max(seen) <= inference_batch(model) < PROBE_IMAGES
+
+
+def test_the_security_page_lists_every_runtime_limit_and_variable():
+    """The trust boundaries are written down once (docs/security.md), with every bound the runtime
+    keeps in runtime/limits.py and every environment variable that raises one."""
+    import runtime.limits
+    from tests.conftest import ROOT
+
+    page = (ROOT / "docs" / "security.md").read_text()
+    names = [name for name in vars(runtime.limits) if name.startswith("MAX_") and not name.endswith("_ENV")]
+    assert names and [name for name in names if f"`{name}`" not in page and f"{name}`" not in page] == []
+    variables = [getattr(runtime.limits, n) for n in vars(runtime.limits) if n.endswith("_ENV")]
+    variables += ["EDGEPACK_MAX_DATASET_BYTES"]
+    assert [variable for variable in variables if f"${variable}" not in page] == []
+    assert "--trusted-proxy" in page and "--run-timeout" in page
