@@ -25,7 +25,13 @@ import numpy as np
 from runtime.classifier import Classifier, cap_inference_memory
 from runtime.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, fail
 from runtime.errors import InputError, RuntimeFailure
-from runtime.limits import MAX_BATCH_SIZE
+from runtime.limits import (
+    MAX_BATCH_SIZE,
+    MAX_INFERENCE_BYTES,
+    MAX_INFERENCE_BYTES_ENV,
+    MAX_RUN_SECONDS,
+    MAX_RUN_SECONDS_ENV,
+)
 from runtime.preprocess import find_images, to_pixels
 from runtime.text import printable, utf8_safe
 
@@ -76,7 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timeout",
         type=float,
         help="stop after this many seconds with exit code 2: the run happens in a worker process that is killed "
-        "then (ONNX Runtime has no time limit of its own; use it for models from unknown sources)",
+        "then (use it for models from unknown sources). Without it each ONNX Runtime call still stops after "
+        f"{MAX_RUN_SECONDS:g} s (${MAX_RUN_SECONDS_ENV}), and the models' runs allocate at most "
+        f"{MAX_INFERENCE_BYTES // 2**30} GiB (${MAX_INFERENCE_BYTES_ENV})",
     )
     args = parser.parse_args(argv)
     for flag in ("top_k", "batch_size", "threads"):
