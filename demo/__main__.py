@@ -106,17 +106,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+_MADE: set[str] = set()  # the upload folders this process made
+
+
 def own_upload_folder() -> Path:
     """Give this server an upload folder of its own, removed at exit: uploads then never outlive
     the server, nor mix with another Gradio app's. It is made inside ``$GRADIO_TEMP_DIR`` when the
     user set one (else in the system's temporary folder), never *as* that folder: the sweeper
-    deletes what it finds in the folder, and the user's own files there must not be among them."""
-    parent = os.environ.get("GRADIO_TEMP_DIR") or None
-    if parent and Path(parent).name.startswith(UPLOADS_PREFIX):  # a second app in this process: a sibling
-        parent = str(Path(parent).parent)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=UPLOADS_PREFIX, dir=parent)
+    deletes what it finds in the folder, and the user's own files there must not be among them.
+    A second app in the same process keeps the folder the first one made (Gradio reads the
+    variable on every request: changing it would strand the first app's uploads)."""
+    current = os.environ.get("GRADIO_TEMP_DIR") or None
+    if current in _MADE:
+        return Path(current)
+    if current:
+        os.makedirs(current, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=UPLOADS_PREFIX, dir=current)
+    _MADE.add(folder)
     os.environ["GRADIO_TEMP_DIR"] = folder
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return Path(folder)

@@ -44,13 +44,14 @@ class LoadedModel:
     card: str
 
 
-_MARKDOWN_SIGNS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+_MARKDOWN_SIGNS = re.compile(r"([\\`*\[\]!|~])")
 
 
 def as_text(name: str) -> str:
     """A name from the file system (a served folder's, a file's) for Markdown, shown as the
     characters it is: HTML escaped (a folder named ``<img src=x onerror=...>`` showed an image
-    element) and Markdown's signs backslashed, so it cannot start a link or end the bold around it."""
+    element) and the Markdown signs that could start a link, an image or code, or end the bold around
+    it, backslashed (``_``, ``-`` and ``.`` stay: file names read as they are)."""
     return _MARKDOWN_SIGNS.sub(r"\\\1", html.escape(name, quote=False))
 
 
