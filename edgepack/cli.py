@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -18,6 +19,14 @@ STAGES = {
     "classify": ("runtime.classify", "classify images with ONNX Runtime (no TensorFlow)"),
     "bench": ("benchmarks.__main__", "CPU latency, throughput, memory and cold start of every artifact"),
     "demo": ("demo.__main__", "serve the Gradio web demo"),
+}
+# The extra that installs a stage's libraries (pyproject.toml), and the modules that tell it is there;
+# classify needs none.
+EXTRAS = {
+    "train": ("train", ("tensorflow", "keras", "tqdm", "matplotlib")),
+    "export": ("train", ("tensorflow", "keras", "tf2onnx", "onnx", "tqdm")),
+    "bench": ("train", ("tensorflow", "keras", "tqdm")),
+    "demo": ("demo", ("gradio",)),
 }
 
 
@@ -45,8 +54,31 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stage_at = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), len(argv))
     args = parser().parse_args(argv[: stage_at + 1])
-    module = importlib.import_module(STAGES[args.stage][0])
-    return module.main(argv[stage_at + 1 :])
+    extra, modules = EXTRAS.get(args.stage, (None, ()))
+    missing = next((name for name in modules if not _installed(name)), None)
+    try:
+        if missing is None:
+            module = importlib.import_module(STAGES[args.stage][0])
+            return module.main(argv[stage_at + 1 :])
+    except ModuleNotFoundError as exc:  # a library the check above does not name
+        if extra is None or not exc.name:
+            raise
+        missing = exc.name.split(".")[0]
+    # the device install (no extras) lists every stage; a stage without its libraries says which to add
+    print(
+        f"edgepack {args.stage}: error: needs the '{extra}' extra (missing module {missing!r}): "
+        f"pip install 'edgepack[{extra}]'",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (TensorFlow takes seconds)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

@@ -48,3 +48,40 @@ def test_classify_answers_like_the_runtime_and_loads_no_tensorflow(fashion, tmp_
 def test_an_unknown_stage_is_a_usage_error():
     result = edgepack("deploy")
     assert result.returncode == 2 and "invalid choice: 'deploy'" in result.stderr and "Traceback" not in result.stderr
+
+
+WITHOUT = """
+import importlib.abc, sys
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in sys.argv[1].split(","):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Missing())
+from edgepack.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("stage", "missing", "extra"),
+    [
+        ("train", "tqdm,tensorflow,keras,jax", "train"),
+        ("export", "onnx,tensorflow,keras,tqdm", "train"),
+        ("bench", "tqdm,tensorflow,keras", "train"),
+        ("demo", "gradio,tqdm", "demo"),
+    ],
+)
+def test_a_stage_without_its_extra_says_which_to_install(stage, missing, extra):
+    """#47: on the device install (no extras) `edgepack train --help` ended in a 20-line
+    ModuleNotFoundError traceback; each stage now names its extra in one line, --help included."""
+    import subprocess
+    import sys
+
+    for args in ([stage, "--help"], [stage]):
+        done = subprocess.run(
+            [sys.executable, "-c", WITHOUT, missing, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        err = done.stderr.strip()
+        assert done.returncode == 2 and "Traceback" not in err, err[-2000:]
+        assert err.splitlines()[-1].startswith(f"edgepack {stage}: error: needs the '{extra}' extra (missing module")
+        assert err.splitlines()[-1].endswith(f"pip install 'edgepack[{extra}]'")
