@@ -27,7 +27,7 @@ train: $(VENV)/.stamp-train ## train both default CNNs (models/<dataset>/model.k
 	$(PY) -m train --dataset all
 
 export: $(VENV)/.stamp-train ## export and parity-gate every artifact of both datasets, all or nothing (QAT: python -m export --qat)
-	$(PY) -m export --dataset all --all-or-nothing
+	$(PY) -m export --dataset all --all-or-nothing --models-dir models
 
 bench: $(VENV)/.stamp-train ## CPU latency benchmarks of every artifact -> reports/bench-<dataset>.*
 	$(PY) -m benchmarks

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime.artifacts import default_models_dir
+from runtime.artifacts import MODELS_DIR_ENV, default_models_dir
 from runtime.cli import EXIT_FAILED, EXIT_OK, run_command
 from train.quiet_tensorflow import import_tensorflow_quietly  # noqa: E402
 
@@ -214,8 +215,10 @@ def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models-dir",
         type=Path,
-        default=default_models_dir(),
-        help="where <dataset>/ release folders live (default: $EDGEPACK_MODELS_DIR or models/)",
+        help="the release folder: where <dataset>/model.keras is read and where its artifacts are published "
+        f"(default: read from $EDGEPACK_MODELS_DIR or models/ and, unless that variable is set, publish into "
+        f"{RELEASE_COPY.relative_to(RELEASE_COPY.parents[1])}/ so the shipped release stays as it is; "
+        "make export gives --models-dir models)",
     )
     parser.add_argument("--data-dir", help="where the datasets are (default: $EDGEPACK_DATA_DIR, then the Keras cache)")
 
@@ -297,6 +300,18 @@ def parse_labels(text: str) -> tuple[str, ...]:
     return labels
 
 
+RELEASE_COPY = Path(__file__).resolve().parent.parent / "runs" / "release"
+
+
+def release_output(models_dir: Path | None) -> Path | None:
+    """Where the release flow publishes: the release folder the user named (``--models-dir`` or
+    ``$EDGEPACK_MODELS_DIR``), else ``runs/release/``. Following the README must not rewrite the
+    tracked release (a re-export is not byte-identical: other machines, other library versions)."""
+    if models_dir is not None or os.environ.get(MODELS_DIR_ENV):
+        return None
+    return RELEASE_COPY
+
+
 def runs(args: argparse.Namespace) -> list[Callable[[], ExportReport]]:
     """What to export, one call of the Python API each (a release of two datasets, or one model)."""
     options = {
@@ -320,7 +335,8 @@ def runs(args: argparse.Namespace) -> list[Callable[[], ExportReport]]:
     if args.model is None:
         names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
         release = {
-            "models_dir": args.models_dir,
+            "models_dir": args.models_dir or default_models_dir(),
+            "out": release_output(args.models_dir),
             "data_dir": args.data_dir,
             "qat": args.qat,
             "qat_epochs": args.qat_epochs,

@@ -139,13 +139,20 @@ def export_model(
 
 
 def export_release(
-    dataset: str, *, models_dir: str | Path | None = None, data_dir: str | Path | None = None, **options
+    dataset: str,
+    *,
+    models_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    **options,
 ) -> ExportReport:
     """Export, gate and publish the release model ``python -m train`` wrote for ``dataset``
     (``models/<dataset>/model.keras``); ``options`` as for :func:`export_model`, plus ``qat`` and
-    ``qat_epochs`` (quantization-aware training rebuilds the recorded architecture)."""
+    ``qat_epochs`` (quantization-aware training rebuilds the recorded architecture). The artifacts
+    are published beside the model, or into ``out/<dataset>/`` when ``out`` is given."""
     config = _config(options.pop("formats", None), options, release=True)
-    source = release_source(dataset, Path(models_dir) if models_dir else default_models_dir(), _text(data_dir))
+    models = Path(models_dir) if models_dir else default_models_dir()
+    source = release_source(dataset, models, _text(data_dir), Path(out) if out is not None else None)
     return report_of(export(source, config), source.data.name)
 
 

@@ -256,8 +256,9 @@ def load_failure(exc: BaseException) -> str:
     return one_line(exc)
 
 
-def release_source(dataset: str, models_dir: Path, data_dir: str | None) -> Source:
-    """``models/<dataset>/model.keras``, trained by ``python -m train`` on [0, 1] pixels."""
+def release_source(dataset: str, models_dir: Path, data_dir: str | None, out: Path | None = None) -> Source:
+    """``models/<dataset>/model.keras``, trained by ``python -m train`` on [0, 1] pixels, to be
+    published beside it, or into ``out/<dataset>/``."""
     data = load_dataset(dataset, data_dir)
     folder = models_dir / data.name
     path = folder / "model.keras"
@@ -265,7 +266,8 @@ def release_source(dataset: str, models_dir: Path, data_dir: str | None) -> Sour
         raise ExportError(f"{path}: no trained model; train it first (python -m train --dataset {dataset})")
     model = load_keras_model(path)
     info = describe(model, data, data.labels, Preprocessing(), path)
-    return Source(model, path, data, info, folder, _training_record(folder))
+    target = out / data.name if out is not None else folder
+    return Source(model, path, data, info, target, _training_record(folder))
 
 
 def describe(model: keras.Model, data: Dataset, labels, preprocessing: Preprocessing, path: Path) -> ModelInfo:

@@ -417,3 +417,27 @@ def test_the_memory_profile_states_compute_and_working_memory_per_artifact(expor
         assert 0 < entry["working_memory_bytes"] < 2**30
     parity = (exported_models / "fashion_mnist" / "parity.md").read_text()
     assert "memory KiB" in parity and "2.6 M multiply-accumulates per image" in parity
+
+
+def test_the_release_flow_leaves_the_tracked_release_alone_unless_asked(small_data_dir, tmp_path, monkeypatch):
+    """#47: the README's `python -m export --dataset cifar10 --all-or-nothing` rewrote the tracked
+    models/ (not byte-identically). Without --models-dir (or $EDGEPACK_MODELS_DIR) it now publishes
+    into runs/release/, reading the shipped model.keras."""
+    import subprocess
+
+    import export.__main__ as cli
+    from runtime.artifacts import MODELS_DIR_ENV
+    from tests.conftest import ROOT
+
+    monkeypatch.delenv(MODELS_DIR_ENV, raising=False)
+    monkeypatch.setattr(cli, "RELEASE_COPY", tmp_path / "release")
+    before = subprocess.run(["git", "status", "--porcelain", "models"], cwd=ROOT, capture_output=True, text=True)
+    args = ["--dataset", "fashion_mnist", "--data-dir", str(small_data_dir), "--formats", "onnx_fp32"]
+    assert cli.main(args) == 0
+    manifest = json.loads((tmp_path / "release" / "fashion_mnist" / "manifest.json").read_text())
+    assert manifest["source"]["sha256"] == sha256_of(ROOT / "models" / "fashion_mnist" / "model.keras")
+    after = subprocess.run(["git", "status", "--porcelain", "models"], cwd=ROOT, capture_output=True, text=True)
+    assert after.stdout == before.stdout  # the tracked release is untouched
+    assert cli.release_output(ROOT / "models") is None  # named on purpose: published there
+    monkeypatch.setenv(MODELS_DIR_ENV, str(tmp_path / "mine"))
+    assert cli.release_output(None) is None
