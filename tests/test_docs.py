@@ -87,3 +87,39 @@ def test_pages_render_without_clipping_at_1280_pixels(tmp_path):
                 found[str(path.parent.relative_to(site))] = result
         browser.close()
     assert len(pages) > 15 and found == {}
+
+
+def console_sessions(text: str) -> list[tuple[str, list[str]]]:
+    """Each ``$ command`` line of the page's plain code blocks, with the lines it is shown printing."""
+    sessions: list[tuple[str, list[str]]] = []
+    fence, current = None, None  # the open code block's info string (None outside one), its last command
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence, current = (None if fence is not None else line[3:].strip()), None
+        elif fence == "" and line.startswith("$ "):
+            current = (line[2:], [])
+            sessions.append(current)
+        elif current is not None:
+            current[1].append(line)
+    return sessions
+
+
+def test_the_runtime_page_prints_what_it_shows(shared_data):
+    """#47: the docs showed `boot.jpg: Ankle boot 94.9% (...)` with no boot.jpg anywhere and a model
+    that answers otherwise. The page's commands run as written; "..." stands for the rest of a line."""
+    sessions = console_sessions((ROOT / "docs" / "runtime.md").read_text())
+    assert len(sessions) >= 3
+    env = {
+        **os.environ,
+        "EDGEPACK_DATA_DIR": str(shared_data),
+        "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+    }
+    (ROOT / "runs").mkdir(exist_ok=True)
+    for command, shown in sessions:
+        done = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+        printed = done.stdout.splitlines()
+        assert len(printed) == len(shown), (command, printed)
+        for expected, actual in zip(shown, printed):
+            head, dots, _ = expected.partition("[...]")
+            assert actual.startswith(head) if dots else actual == expected, (command, actual)
