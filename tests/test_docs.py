@@ -122,4 +122,16 @@ def test_the_runtime_page_prints_what_it_shows(shared_data):
         assert len(printed) == len(shown), (command, printed)
         for expected, actual in zip(shown, printed):
             head, dots, _ = expected.partition("[...]")
-            assert actual.startswith(head) if dots else actual == expected, (command, actual)
+            assert same_but_rounding(head, actual[: len(head)] if dots else actual), (command, actual)
+
+
+_NUMBER = re.compile(r"\d+\.\d+")
+
+
+def same_but_rounding(expected: str, actual: str) -> bool:
+    """The same text, its decimal numbers within a step of int8 rounding: another CPU's int8 kernels
+    (AVX2 against AVX-512 VNNI) may move a probability by one quantization step (0.4%)."""
+    if _NUMBER.split(expected) != _NUMBER.split(actual):
+        return False
+    pairs = zip(_NUMBER.findall(expected), _NUMBER.findall(actual))
+    return all(abs(float(a) - float(b)) <= (1.0 if float(a) > 1 else 0.01) for a, b in pairs)
