@@ -47,7 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "reports/bench-<dataset>.json, .md and .png.",
     )
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--dataset", default="all", help="a dataset folder name under --models-dir, or 'all'")
+    where.add_argument(
+        "--dataset",
+        default="all",
+        help="a release folder under --models-dir (fashion_mnist, micro/cifar10, ...), or 'all': every release "
+        "folder there and one level down (models/micro/<dataset>, reported as bench-micro-<dataset>)",
+    )
     where.add_argument(
         "--model",
         type=Path,
@@ -87,24 +92,36 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
     return config
 
 
-def dataset_folders(models_dir: Path, dataset: str) -> list[Path]:
+def _is_release(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() or (folder / "model.keras").is_file()
+
+
+def dataset_folders(models_dir: Path, dataset: str) -> list[tuple[str, Path]]:
+    """The release folders to measure, each with its report's name: ``<dataset>`` for
+    ``models/<dataset>``, ``micro-<dataset>`` for a release one level down (``models/micro/<dataset>``,
+    which ``all`` used to skip)."""
     if dataset != "all":
         folder = models_dir / dataset
         if not folder.is_dir():
             raise BenchError(f"{folder}: no such model folder")
-        return [folder]
-    folders = sorted(p for p in models_dir.iterdir() if (p / MANIFEST).is_file() or (p / "model.keras").is_file())
-    if not folders:
+        return [(dataset.replace("/", "-"), folder)]
+    found = []
+    for folder in sorted(p for p in models_dir.iterdir() if p.is_dir()):
+        if _is_release(folder):
+            found.append((folder.name, folder))
+        else:
+            found += [(f"{folder.name}-{p.name}", p) for p in sorted(folder.iterdir()) if p.is_dir() and _is_release(p)]
+    if not found:
         raise BenchError(f"{models_dir}: no model folders (train and export first: make train export)")
-    return folders
+    return found
 
 
-def export_folders(folders: list[Path]) -> list[Path]:
-    """``--model`` folders: each must hold an export's manifest."""
+def export_folders(folders: list[Path]) -> list[tuple[str, Path]]:
+    """``--model`` folders, each with its report's name: each must hold an export's manifest."""
     for folder in folders:
         if not (folder / MANIFEST).is_file():
             raise BenchError(f"{folder}: no {MANIFEST}; give a folder python -m export published into")
-    return folders
+    return [(folder.name, folder) for folder in folders]
 
 
 def folder_dataset(folder: Path) -> str | None:
@@ -156,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             ensure_writable(args.out)
         except OSError as exc:
             raise BenchError(f"{args.out}: cannot write the reports there ({exc.strerror or exc})") from None
-        for folder in folders:
+        for name, folder in folders:
             images = test_images(folder, config, args.data_dir)
-            paths = write_reports(benchmark(folder, config, images), args.out)
-            print(f"{folder.name}: " + ", ".join(str(p) for p in paths))
+            paths = write_reports({**benchmark(folder, config, images), "dataset": name}, args.out)
+            print(f"{name}: " + ", ".join(str(p) for p in paths))
         return EXIT_OK
 
     return run_command(body, (BenchError, ModelError), "interrupted: no report written for the dataset in progress")

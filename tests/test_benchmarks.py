@@ -181,3 +181,20 @@ def test_any_export_folder_is_benchmarked_with_model(exported_models, tmp_path, 
 
     assert main(["--model", str(tmp_path), "--quick", "--out", str(out)]) == 2
     assert f"{tmp_path}: no manifest.json" in capsys.readouterr().err
+
+
+def test_all_includes_the_release_folders_one_level_down(tmp_path):
+    """#47: `python -m benchmarks` without --dataset skipped models/micro/<dataset>."""
+    from benchmarks.__main__ import dataset_folders
+
+    for folder in ("fashion_mnist", "cifar10", "micro/fashion_mnist", "micro/cifar10"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "manifest.json").write_text('{"artifacts": []}')
+    (tmp_path / "notes").mkdir()  # neither a release nor one above releases
+    assert dataset_folders(tmp_path, "all") == [
+        ("cifar10", tmp_path / "cifar10"),
+        ("fashion_mnist", tmp_path / "fashion_mnist"),
+        ("micro-cifar10", tmp_path / "micro" / "cifar10"),
+        ("micro-fashion_mnist", tmp_path / "micro" / "fashion_mnist"),
+    ]
+    assert dataset_folders(tmp_path, "micro/cifar10") == [("micro-cifar10", tmp_path / "micro" / "cifar10")]
