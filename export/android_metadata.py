@@ -38,6 +38,9 @@ UNIT_NORMALIZATION = 1  # ProcessUnitOptions
 TENSOR_AXIS_LABELS = 2  # AssociatedFileType
 
 
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip member can carry
+
+
 def _edgepack_version() -> str:
     try:
         return version("edgepack")
@@ -170,8 +173,12 @@ def with_metadata(model: bytes, info: ModelInfo, description: str) -> bytes:
     packed = io.BytesIO(bytes(builder.Output()))
     packed.seek(0, io.SEEK_END)
     with zipfile.ZipFile(packed, "a") as archive:
-        # one label a line: a line break inside a label (a folder name can hold one) becomes a space
-        archive.writestr(LABELS_FILE, "".join(" ".join(label.splitlines()) + "\n" for label in info.labels))
+        # one label a line: a line break inside a label (a folder name can hold one) becomes a space.
+        # A fixed date: by name alone, zipfile stamps the member with the clock, and two exports of
+        # the same model differed in every TFLite file.
+        member = zipfile.ZipInfo(LABELS_FILE, date_time=ZIP_EPOCH)
+        member.external_attr = 0o644 << 16
+        archive.writestr(member, "".join(" ".join(label.splitlines()) + "\n" for label in info.labels))
     return packed.getvalue()
 
 

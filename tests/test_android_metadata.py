@@ -72,3 +72,20 @@ def test_a_uint8_input_takes_raw_pixels_as_the_task_library_feeds_them(exported_
     info = TFLITE.read_info(exported_models / "fashion_mnist" / "model_int8.tflite")
     pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
     assert np.array_equal(np.rint(normalize(pixels, info) / scale + zero), pixels)
+
+
+def test_the_packed_labels_file_makes_the_same_bytes_at_any_time(monkeypatch):
+    """#49 (reproducible builds): the labels file was zipped with the clock's date, so two exports
+    of the same model gave TFLite files of different sha256."""
+    import time
+
+    from export.android_metadata import with_metadata
+    from runtime.metadata import ModelInfo
+    from tests.conftest import ROOT
+
+    model = (ROOT / "models" / "fashion_mnist" / "model_fp32.tflite").read_bytes()
+    info = ModelInfo(tuple(f"class {i}" for i in range(10)), 28, 28, 1, layout="NHWC")
+    first = with_metadata(model, info, "a model")
+    later = time.time() + 86_400 * 400
+    monkeypatch.setattr(time, "time", lambda: later)  # a year later
+    assert with_metadata(model, info, "a model") == first
