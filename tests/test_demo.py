@@ -4,6 +4,7 @@ headless Chromium; every answer is checked against the true label and the runtim
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -437,22 +438,28 @@ def post_login(base: str, user: str, password: str, headers: dict | None = None)
         return exc.code
 
 
-def test_a_brute_force_over_http_is_throttled(shared_data, tmp_path, caplog):
+@contextlib.contextmanager
+def served_with_login(tmp_path, caplog):
+    """The demo with one account (ann), served on a free port, its login warnings captured: the base URL."""
     auth = tmp_path / "auth.txt"
     auth.write_text("ann:correct horse\n")
     args = parse_args(["--port", str(free_port()), "--models-dir", str(MODELS), "--auth-file", str(auth)])
     app, folders = create(args)
     with caplog.at_level("WARNING", logger="demo.login"):
         launch(app, folders, args, block=False)
-        base = f"http://127.0.0.1:{args.port}/"
         try:
-            assert post_login(base, "ann", "correct horse") == 200
-            with ThreadPoolExecutor(max_workers=30) as pool:
-                codes = list(pool.map(lambda i: post_login(base, "ann", f"guess {i}"), range(30)))
-            assert codes == [400] * 30
-            assert post_login(base, "ann", "correct horse") == 400  # locked out now
+            yield f"http://127.0.0.1:{args.port}/"
         finally:
             app.close()
+
+
+def test_a_brute_force_over_http_is_throttled(shared_data, tmp_path, caplog):
+    with served_with_login(tmp_path, caplog) as base:
+        assert post_login(base, "ann", "correct horse") == 200
+        with ThreadPoolExecutor(max_workers=30) as pool:
+            codes = list(pool.map(lambda i: post_login(base, "ann", f"guess {i}"), range(30)))
+        assert codes == [400] * 30
+        assert post_login(base, "ann", "correct horse") == 400  # locked out now
     assert caplog.text.count("failed login of 'ann' from 127.0.0.1") >= 30
     assert "127.0.0.1 locked out for user 'ann' after 5 failed logins" in caplog.text
 
@@ -461,21 +468,12 @@ def test_a_forged_forwarded_for_header_does_not_escape_the_throttling(shared_dat
     """S14: uvicorn believed X-Forwarded-For from 127.0.0.1, so a new address per guess was never
     locked out (60 guesses in 2.4 s, then the right password accepted). Forwarding headers count
     only from a --trusted-proxy."""
-    auth = tmp_path / "auth.txt"
-    auth.write_text("ann:correct horse\n")
-    args = parse_args(["--port", str(free_port()), "--models-dir", str(MODELS), "--auth-file", str(auth)])
-    app, folders = create(args)
-    with caplog.at_level("WARNING", logger="demo.login"):
-        launch(app, folders, args, block=False)
-        base = f"http://127.0.0.1:{args.port}/"
-        try:
-            forged = [{"X-Forwarded-For": f"203.0.113.{i}"} for i in range(8)]
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                codes = list(pool.map(lambda h: post_login(base, "ann", "guess", h), forged))
-            assert codes == [400] * 8
-            assert post_login(base, "ann", "correct horse", {"X-Forwarded-For": "198.51.100.7"}) == 400
-        finally:
-            app.close()
+    with served_with_login(tmp_path, caplog) as base:
+        forged = [{"X-Forwarded-For": f"203.0.113.{i}"} for i in range(8)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            codes = list(pool.map(lambda h: post_login(base, "ann", "guess", h), forged))
+        assert codes == [400] * 8
+        assert post_login(base, "ann", "correct horse", {"X-Forwarded-For": "198.51.100.7"}) == 400
     assert "203.0.113" not in caplog.text and "127.0.0.1 locked out for user 'ann'" in caplog.text
 
 
