@@ -25,6 +25,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,10 +186,42 @@ def keras_to_onnx(model: keras.Model, info: ModelInfo, opset: int = DEFAULT_OPSE
         proto = _converted(function, opset, safety_net=True)
     _fold_captured_inputs(proto, captured_constants(function))
     _name_io(proto)
+    number_generated_names(proto)
     proto.producer_name = "edgepack"
     set_metadata(proto, info)
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+_GENERATED = re.compile(r"^(.*)__\d+$")  # tf2onnx's names for what it makes: a process-wide counter
+
+
+def number_generated_names(proto: onnx.ModelProto) -> int:
+    """Renumber the names tf2onnx makes up (``new_shape__60``) in the order the graph first uses
+    them; returns how many. tf2onnx's counter depends on the order Python iterates sets of strings,
+    which changes from process to process: two exports of one model differed in these names alone
+    (``new_shape__60`` against ``new_shape__61``), so the ONNX files had different sha256. A graph
+    with subgraphs, which may refer to outer names, is left as it is."""
+    graph = proto.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0
+    renamed: dict[str, str] = {}
+
+    def numbered(name: str) -> str:
+        match = _GENERATED.match(name)
+        if not match:
+            return name
+        if name not in renamed:
+            renamed[name] = f"{match.group(1)}__{len(renamed)}"
+        return renamed[name]
+
+    for node in graph.node:
+        node.input[:] = [numbered(name) for name in node.input]
+        node.output[:] = [numbered(name) for name in node.output]
+        node.name = numbered(node.name)
+    for item in (*graph.initializer, *graph.value_info, *graph.input, *graph.output):
+        item.name = numbered(item.name)
+    return len(renamed)
 
 
 def store_weights_as_int8(proto: onnx.ModelProto) -> int:

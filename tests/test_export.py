@@ -441,3 +441,29 @@ def test_the_release_flow_leaves_the_tracked_release_alone_unless_asked(small_da
     assert cli.release_output(ROOT / "models") is None  # named on purpose: published there
     monkeypatch.setenv(MODELS_DIR_ENV, str(tmp_path / "mine"))
     assert cli.release_output(None) is None
+
+
+def test_two_exports_of_the_same_model_are_byte_identical(small_data_dir, tmp_path):
+    """#49 (reproducible builds): two exports of one model and data gave TFLite files of different
+    sha256 (the labels file zipped with the clock's date) and, across processes, ONNX files too
+    (tf2onnx names what it makes from a counter that depends on Python's string hashing). Each
+    export here runs in a process of its own, with a different hash seed."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    model = ROOT / "models" / "fashion_mnist" / "model.keras"
+    formats = "onnx_fp32,onnx_int8,tflite_fp32,tflite_int8"
+    digests = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"run{seed}"
+        command = [sys.executable, "-m", "export", "--model", str(model), "--dataset", "fashion_mnist"]
+        command += ["--data-dir", str(small_data_dir), "--out", str(out), "--formats", formats]
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode in (0, 1), done.stderr[-2000:]
+        built = sorted(p for p in [*out.glob("model_*"), *out.glob("rejected/model_*")] if p.is_file())
+        digests.append({p.relative_to(out).as_posix(): sha256_of(p) for p in built})
+    assert len(digests[0]) >= 4 and digests[0] == digests[1]
