@@ -9,6 +9,7 @@ The steps, each in its own module: where the model comes from and how it is fed
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import shutil
 import time
@@ -413,6 +414,8 @@ def _context(source: Source, config: ExportConfig, float_accuracy: float, sha256
             "method": config.calibration_method,
             "split": "train",
             "seed": config.seed,
+            # the seeded sample's pixels, so a rebuild can show it calibrated on the same images
+            "sha256": hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest(),
         },
         "thresholds": {p: asdict(t) for p, t in config.thresholds.items()},
         "gate": {"confident_margin": CONFIDENT_MARGIN, "drift_percentile": DRIFT_PERCENTILE, "confidence": 0.95},

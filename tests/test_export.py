@@ -456,7 +456,7 @@ def test_two_exports_of_the_same_model_are_byte_identical(small_data_dir, tmp_pa
 
     model = ROOT / "models" / "fashion_mnist" / "model.keras"
     formats = "onnx_fp32,onnx_int8,tflite_fp32,tflite_int8"
-    digests = []
+    digests, samples = [], []
     for seed in ("1", "2"):
         out = tmp_path / f"run{seed}"
         command = [sys.executable, "-m", "export", "--model", str(model), "--dataset", "fashion_mnist"]
@@ -466,4 +466,6 @@ def test_two_exports_of_the_same_model_are_byte_identical(small_data_dir, tmp_pa
         assert done.returncode in (0, 1), done.stderr[-2000:]
         built = sorted(p for p in [*out.glob("model_*"), *out.glob("rejected/model_*")] if p.is_file())
         digests.append({p.relative_to(out).as_posix(): sha256_of(p) for p in built})
+        samples.append(json.loads((out / "manifest.json").read_text())["calibration"])
     assert len(digests[0]) >= 4 and digests[0] == digests[1]
+    assert samples[0] == samples[1] and len(samples[0]["sha256"]) == 64  # the same seeded calibration images
