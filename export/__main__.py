@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(joined_negative_values(sys.argv[1:] if argv is None else argv))
     _check_values(parser, args)
     _check_source(parser, args)
+    args.release_out = release_output(args.models_dir)  # before the default: it depends on whether one was given
+    args.models_dir = args.models_dir or default_models_dir()
     return args
 
 
@@ -335,8 +337,8 @@ def runs(args: argparse.Namespace) -> list[Callable[[], ExportReport]]:
     if args.model is None:
         names = list(REGISTRY) if args.dataset == "all" else [args.dataset]
         release = {
-            "models_dir": args.models_dir or default_models_dir(),
-            "out": release_output(args.models_dir),
+            "models_dir": args.models_dir,
+            "out": args.release_out,
             "data_dir": args.data_dir,
             "qat": args.qat,
             "qat_epochs": args.qat_epochs,
