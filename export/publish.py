@@ -44,7 +44,7 @@ from pathlib import Path
 from export.errors import PublishError
 from export.formats import ARTIFACTS, files_of
 from export.parity import ParityResult, Threshold
-from runtime.artifacts import MANIFEST, REJECTED, json_safe, read_manifest, sha256_of
+from runtime.artifacts import MANIFEST, REJECTED, bounded_text, json_safe, read_manifest, sha256_of
 from runtime.errors import ModelError
 from runtime.files import atomic_write, sync_folder
 
@@ -136,7 +136,7 @@ def written_by_edgepack(folder: Path) -> bool:
     except ModelError:
         pass
     try:
-        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics = json.loads(bounded_text(folder / "metrics.json"))
         return isinstance(metrics, dict) and {"arch", "test_accuracy"} <= set(metrics)
     except (OSError, ValueError):
         return False
@@ -324,7 +324,7 @@ def complete_interrupted_publish(folder: Path) -> None:
     if not journal.exists():
         return
     try:
-        moves = json.loads(journal.read_text())["moves"]
+        moves = json.loads(bounded_text(journal))["moves"]
         for move in moves:
             for key in ("from", "to"):
                 if not _stays_inside(folder, move[key]):

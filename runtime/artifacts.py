@@ -58,7 +58,7 @@ def sha256_of(path: Path) -> str:
 def read_manifest(path: Path) -> dict:
     """The manifest, its entries checked: each names a plain file beside it, with a sha256."""
     try:
-        manifest = json.loads(_bounded_read(path))
+        manifest = json.loads(bounded_text(path))
         if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
             raise ValueError("no 'artifacts' list")
         _check_numbers(manifest, ("float_accuracy",), "the manifest")
@@ -69,8 +69,9 @@ def read_manifest(path: Path) -> dict:
         raise ModelError(f"{path}: unreadable manifest ({exc})") from None
 
 
-def _bounded_read(path: Path) -> str:
-    """The file's text, refused by its size before it is read (``MAX_MANIFEST_BYTES``)."""
+def bounded_text(path: Path) -> str:
+    """A record's text (a manifest, a publish journal, metrics), refused by its size before it is
+    read (``MAX_MANIFEST_BYTES``): a ValueError, like malformed JSON; an OSError where unreadable."""
     with path.open("rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > MAX_MANIFEST_BYTES:

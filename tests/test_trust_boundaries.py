@@ -409,3 +409,14 @@ def test_the_security_page_lists_every_runtime_limit_and_variable():
     variables += ["EDGEPACK_MAX_DATASET_BYTES"]
     assert [variable for variable in variables if f"${variable}" not in page] == []
     assert "--trusted-proxy" in page and "--run-timeout" in page
+
+
+def test_a_huge_journal_in_the_export_folder_is_set_aside_unread(tmp_path, caplog):
+    """S10, export --out: the publish journal (and metrics.json) were read whole as well."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / JOURNAL).open("wb") as handle:
+        handle.truncate(1 << 30)  # sparse
+    with caplog.at_level("WARNING"), output_folder(out):
+        pass
+    assert "over the limit of 16777216" in caplog.text and (out / f"{JOURNAL}.broken").is_file()
