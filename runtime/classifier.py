@@ -196,6 +196,8 @@ class Classifier:
 
     Defaults that hold on a busy device: ``threads`` None uses every core, and the threads sleep
     between operators (``spinning=True`` lets them spin: slightly faster on an idle machine only).
+    Each ONNX Runtime call is stopped after ``run_timeout_s`` seconds (None: ``MAX_RUN_SECONDS``, or
+    ``$EDGEPACK_MAX_RUN_SECONDS``), raising :class:`runtime.errors.InferenceStopped`.
     """
 
     def __init__(
