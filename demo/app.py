@@ -141,7 +141,8 @@ class Demo:
     @property
     def precisions(self) -> list[str]:
         """The precisions served for at least one model, int8 first."""
-        return [precision for precision in PRECISIONS if any(p == precision for _, p in self.models)]
+        served = {precision for _, precision in self.models}
+        return [precision for precision in PRECISIONS if precision in served]
 
     @property
     def first(self) -> tuple[str, str]:

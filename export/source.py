@@ -334,8 +334,7 @@ def _scores(model: keras.Model, images: np.ndarray, info: ModelInfo) -> np.ndarr
     """The model's outputs on ``images``, preprocessed and run in batches within the activation
     budget (64 images of a 1024x1024 model in one batch reached 20.9 GB)."""
     nhwc = replace(info, layout="NHWC")
-    size = inference_batch(model, PROBE_IMAGES)
-    batches = [images[start : start + size] for start in range(0, len(images), size)]
+    batches = inference_batches(model, images)
     return np.concatenate([np.asarray(model(normalize(to_pixels(b, info), nhwc), training=False)) for b in batches])
 
 
